@@ -1,0 +1,1 @@
+"""Data: class tables, data sets, transforms."""

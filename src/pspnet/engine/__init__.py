@@ -1,0 +1,1 @@
+"""Training and evaluation machinery: losses (more arrives with the training and evaluation issues)."""

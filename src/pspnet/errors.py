@@ -1,0 +1,13 @@
+"""Exceptions a user can act on; every message names the file or argument at fault."""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointError", "ConversionError"]
+
+
+class CheckpointError(ValueError):
+    """A model or backbone file cannot be used: missing, unreadable, corrupted, or of the wrong kind."""
+
+
+class ConversionError(ValueError):
+    """A foreign checkpoint cannot be converted: unsafe to unpickle, unknown or missing keys, wrong shapes."""

@@ -1,0 +1,79 @@
+"""Model introspection without allocating weights: parameter counts, FLOPs and feature shapes on the meta device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models.pspnet import PSPNet
+from .models.resnet import count_trainable
+
+__all__ = ["ModelSummary", "summarize"]
+
+
+@dataclass
+class ModelSummary:
+    """Counts and shapes of one forward pass of a PSPNet in eval mode at batch 1.
+
+    ``flops`` are floating-point operations as counted by ``torch.utils.flop_counter``: 2 x multiply-adds of the
+    convolutions and matrix products (element-wise ops, pooling and interpolation are not counted).
+    """
+
+    parameters: int  # trainable parameters, BatchNorm buffers excluded, aux head included when present
+    parameters_without_aux: int
+    parameters_by_part: dict[str, int]
+    flops: int
+    flops_by_part: dict[str, int]
+    shapes: list[tuple[str, tuple[int, ...], int]]  # (name, shape, nominal reduction; sides are ceil(H / r))
+
+
+def summarize(model: PSPNet, height: int, width: int) -> ModelSummary:
+    """Summarise ``model`` (ideally built under ``torch.device("meta")``) for a ``(1, 3, height, width)`` input."""
+    parts = {"backbone": model.backbone, "decode_head": model.decode_head}
+    if model.aux_head is not None:
+        parts["aux_head"] = model.aux_head
+    params_by_part = {name: count_trainable(module) for name, module in parts.items()}
+    total = count_trainable(model)
+
+    reductions = model.backbone.reductions
+    watched: list[tuple[str, nn.Module, int]] = [("stem + maxpool", model.backbone.maxpool, 4)]
+    watched += [(f"layer{i}", getattr(model.backbone, f"layer{i}"), reductions[i - 1]) for i in range(1, 5)]
+    watched += [
+        ("pyramid pooling (concat)", model.decode_head.ppm, reductions[3]),
+        ("head logits", model.decode_head, reductions[3]),
+    ]
+    shapes: list[tuple[str, tuple[int, ...], int]] = []
+
+    def hook(name: str, reduction: int):
+        def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            shapes.append((name, tuple(output.shape), reduction))
+
+        return record
+
+    handles = [module.register_forward_hook(hook(name, r)) for name, module, r in watched]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, depth=2) as counter:
+            out = model(torch.empty(1, 3, height, width, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    shapes.append(("output (upsampled)", tuple(out.shape), 1))
+    counts = counter.get_flop_counts()
+    flops_by_part = {
+        name: int(sum(counts.get(f"PSPNet.{name}", {}).values())) for name in ("backbone", "decode_head")
+    }
+    return ModelSummary(
+        parameters=total,
+        parameters_without_aux=total - params_by_part.get("aux_head", 0),
+        parameters_by_part=params_by_part,
+        flops=int(counter.get_total_flops()),
+        flops_by_part=flops_by_part,
+        shapes=shapes,
+    )

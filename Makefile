@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[onnx,test]'
+	$(PY) -m pip install --quiet -e '.[onnx,sbd,test]'
 	touch $@
 
 setup: $(VENV)/.installed

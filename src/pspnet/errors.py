@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConversionError"]
+__all__ = ["CheckpointError", "ConversionError", "DataError"]
 
 
 class CheckpointError(ValueError):
@@ -11,3 +11,7 @@ class CheckpointError(ValueError):
 
 class ConversionError(ValueError):
     """A foreign checkpoint cannot be converted: unsafe to unpickle, unknown or missing keys, wrong shapes."""
+
+
+class DataError(ValueError):
+    """A data set file or layout is unusable: missing, unreadable, mismatched; the message names the file."""

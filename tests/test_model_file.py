@@ -188,3 +188,26 @@ def test_make_meta_checks_its_arguments():
         make_meta(config, classes=["a", "b"])
     with pytest.raises(ValueError, match="unknown dataset"):
         make_meta(config, dataset="coco")
+
+
+@pytest.mark.parametrize("target", [0x380, 0x4B50])
+def test_header_lengths_that_start_like_a_pickle_or_zip_still_load(tmp_path, target):
+    # The first bytes of a safetensors file are its header length: b"\x80\x03" (a pickle's protocol mark) or b"PK"
+    # (a zip's) must not be taken for a PyTorch pickle.
+    tensors = {"w": torch.arange(6.0)}
+
+    def save_with(pad):
+        meta = {"kind": "backbone", "format_version": 1, "note": "x" * pad}
+        path = write_weights_file(tmp_path / "w.safetensors", tensors, meta)
+        return path, int.from_bytes(path.read_bytes()[:8], "little")
+
+    _, base = save_with(0)
+    for pad in range(max(0, target - base - 16), target - base + 16):
+        path, announced = save_with(pad)
+        if announced == target:
+            break
+    else:
+        pytest.fail("could not produce the header length")
+    assert path.read_bytes()[:2] in (b"\x80\x03", b"PK")
+    loaded, meta = read_weights_file(path)
+    assert meta["note"] == "x" * pad and torch.equal(loaded["w"], tensors["w"])

@@ -10,7 +10,7 @@ Quick use::
 __version__ = "0.1.0"
 
 from .config import ModelConfig  # noqa: E402
-from .errors import CheckpointError, ConversionError  # noqa: E402
+from .errors import CheckpointError, ConversionError, DataError  # noqa: E402
 from .models.pspnet import MODELS, PSPNet, build_model  # noqa: E402
 from .weights.model_file import load_model, save_model  # noqa: E402
 
@@ -18,6 +18,7 @@ __all__ = [
     "MODELS",
     "CheckpointError",
     "ConversionError",
+    "DataError",
     "ModelConfig",
     "PSPNet",
     "__version__",

@@ -1,4 +1,4 @@
-"""The ``pspnet`` command line: ``pspnet info`` and ``pspnet convert`` (more commands arrive with their issues).
+"""The ``pspnet`` command line: ``info``, ``convert``, ``eval`` and ``data`` (more arrive with their issues).
 
 Exit status: 0 on success, 1 when the command ran but failed (bad checkpoint, failed conversion), 2 on usage
 errors (argparse's convention).
@@ -7,6 +7,7 @@ errors (argparse's convention).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,8 @@ import torch
 from . import __version__
 from .config import ConfigError
 from .data.classes import DATASETS
-from .errors import CheckpointError, ConversionError
+from .data.cli_data import add_data_commands
+from .errors import CheckpointError, ConversionError, DataError
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
 
@@ -92,11 +94,65 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_size(text: str) -> int | str:
+    if text == "native":
+        return text
+    return _positive(text)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data.datasets import build_dataset
+    from .engine.evaluate import evaluate, format_table, write_report
+    from .inference import InferenceSettings, resolve_device
+    from .weights.model_file import load_model
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device=device)
+    dataset = build_dataset(args.dataset, args.root, args.split)
+    overrides: dict[str, object] = {
+        "mode": args.mode,
+        "crop_size": args.crop,
+        "stride_rate": args.stride_rate,
+        "scales": args.scales,
+        "flip": args.flip or None,
+        "precision": args.precision,
+    }
+    settings = InferenceSettings.from_meta(model.meta, **overrides)
+    if args.base_size is not None:
+        settings = dataclasses.replace(settings, base_size=None if args.base_size == "native" else args.base_size)
+    out = Path(args.out) if args.out else None
+    if args.save_pred and out is None:
+        print("error: --save-pred needs --out DIR", file=sys.stderr)
+        return 2
+    print(
+        f"evaluating {args.checkpoint} on {args.dataset}/{args.split} ({len(dataset)} images"
+        f"{f', first {args.limit}' if args.limit else ''}) on {device}: mode {settings.mode}, crop "
+        f"{settings.crop_size[0]}x{settings.crop_size[1]}, base size {settings.base_size or 'native'}, scales "
+        f"{list(settings.scales)}, flip {settings.flip}, {settings.precision}",
+        file=sys.stderr,
+    )
+    report = evaluate(
+        model,
+        dataset,
+        settings,
+        device=device,
+        limit=args.limit,
+        pred_dir=out / "predictions" if args.save_pred and out else None,
+        workers=args.workers,
+    )
+    report["settings"]["checkpoint"] = str(args.checkpoint)
+    print(format_table(report))
+    if out is not None:
+        written = write_report(report, out)
+        print(f"wrote {', '.join(str(p) for p in written)}" + (f" and {out / 'predictions'}/" if args.save_pred else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pspnet",
-        description="PSPNet (Pyramid Scene Parsing Network) for semantic segmentation: build, inspect and convert "
-        "models.",
+        description="PSPNet (Pyramid Scene Parsing Network) for semantic segmentation: inspect and convert models, "
+        "check data sets, evaluate.",
         epilog="Run 'pspnet COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"pspnet {__version__}")
@@ -145,6 +201,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--force", action="store_true", help="replace DST if it exists")
     conv.set_defaults(func=_cmd_convert)
+
+    ev = commands.add_parser(
+        "eval",
+        help="evaluate a model file on a data set (mIoU, mAcc, allAcc, boundary IoU)",
+        description="Evaluate a model file (or a training run directory) on a data set split: one confusion matrix "
+        "over the whole split gives mIoU, mAcc, allAcc and per-class IoU/accuracy; boundary IoU (d = 2%% of the "
+        "image diagonal) shows how sharp the edges are. Defaults come from the checkpoint's metadata (crop and base "
+        "size) and the data set. Official single-scale protocol: --mode slide --flip; multi-scale: add --scales 0.5 "
+        "0.75 1.0 1.25 1.5 1.75.",
+    )
+    ev.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or training run directory")
+    ev.add_argument("--dataset", required=True, choices=sorted(DATASETS) + ["folder"], help="data set reader")
+    ev.add_argument("--root", required=True, help="data set root folder (see docs/data.md for the layouts)")
+    ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    ev.add_argument(
+        "--mode",
+        choices=["auto", "whole", "slide"],
+        help="whole image, sliding windows, or auto: windows only when a side exceeds the crop (default: auto)",
+    )
+    ev.add_argument("--crop", nargs=2, type=_positive, metavar=("H", "W"), help="sliding-window size (default: model's)")
+    ev.add_argument("--stride-rate", type=float, help="window step as a fraction of the crop (default: 2/3)")
+    ev.add_argument(
+        "--base-size",
+        type=_base_size,
+        help="long side in pixels at scale 1.0, or 'native' to keep the image size (default: model's)",
+    )
+    ev.add_argument("--scales", nargs="+", type=float, help="scales to average (default: 1.0)")
+    ev.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="inference precision (default: fp32)")
+    ev.add_argument("--limit", type=_positive, help="evaluate only the first N images")
+    ev.add_argument("--save-pred", action="store_true", help="save predicted label maps as palette PNGs under --out")
+    ev.add_argument("--out", help="write metrics.json, confusion.png and per_class_iou.png here")
+    ev.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
+    ev.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
+    ev.set_defaults(func=_cmd_eval)
+
+    add_data_commands(commands)
     return parser
 
 
@@ -153,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (CheckpointError, ConversionError, ConfigError) as error:
+    except (CheckpointError, ConversionError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -35,6 +35,7 @@ __all__ = [
     "infer_proba",
     "normalize",
     "resized_size",
+    "resolve_device",
     "window_starts",
 ]
 
@@ -93,6 +94,20 @@ class InferenceSettings:
             if key in chosen:
                 chosen[key] = tuple(chosen[key])
         return replace(base, **chosen)
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; any other name is passed to ``torch.device``."""
+    if str(name) != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -163,13 +163,16 @@ def save_model(model: PSPNet, path: str | os.PathLike[str], *, meta: Mapping[str
     return write_weights_file(path, model.state_dict(), meta)
 
 
-def _refuse_pickle(path: Path, head: bytes) -> None:
-    # PyTorch files are zip archives ("PK") or raw pickles (protocol byte 0x80).
-    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:2] == b"PK" or head[:1] == b"\x80":
-        raise CheckpointError(
-            f"{path}: a PyTorch pickle checkpoint; pspnet loads only its own safetensors model files "
-            f"(nothing is unpickled) - {_CONVERT_HINT}"
-        )
+def _pickle_error(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: a PyTorch pickle checkpoint; pspnet loads only its own safetensors model files "
+        f"(nothing is unpickled) - {_CONVERT_HINT}"
+    )
+
+
+def _looks_like_pickle(data: bytes) -> bool:
+    # PyTorch files are zip archives ("PK\x03\x04") or raw pickles (protocol byte 0x80 then a protocol number).
+    return data[:4] == b"PK\x03\x04" or (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -183,15 +186,23 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
         raise CheckpointError(f"{path}: no such file")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise _pickle_error(path)
     data = path.read_bytes()
-    _refuse_pickle(path, data[:2])
     if len(data) < 8:
         raise CheckpointError(f"{path}: not a safetensors file ({len(data)} bytes; truncated?)")
     header_len = int.from_bytes(data[:8], "little")
-    if header_len > len(data) - 8:
-        raise CheckpointError(f"{path}: truncated or not a safetensors file (header of {header_len} bytes announced)")
     try:
-        header = json.loads(data[8 : 8 + header_len])
+        header = json.loads(data[8 : 8 + header_len]) if header_len <= len(data) - 8 else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        if _looks_like_pickle(data):
+            raise _pickle_error(path)
+        if header_len > len(data) - 8:
+            raise CheckpointError(f"{path}: truncated or not a safetensors file ({header_len} header bytes announced)")
+        raise CheckpointError(f"{path}: not a readable safetensors file (garbled header; truncated or corrupted?)")
+    try:
         tensors = safetensors.torch.load(data)
     except Exception as error:  # safetensors raises its own SafetensorError; json a ValueError
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupted?): {error}") from None

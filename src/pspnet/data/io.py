@@ -1,0 +1,200 @@
+"""Reading photos and label masks, writing index masks: the only place that touches image files.
+
+Conventions every other module relies on:
+
+- an image is ``np.ndarray (H, W, 3) uint8`` RGB, shown upright: the EXIF orientation is applied;
+- a mask read from disk holds the raw integers of the file (palette PNGs give their *indices*, never colours); only
+  an RGB(A) mask comes back as ``(H, W, 3) uint8`` so that the folder data set can map colours to classes;
+- every failure (missing, unreadable, truncated, unsupported) is a :class:`~pspnet.errors.DataError` naming the file:
+  no raw Pillow exception escapes, so a training run that meets a bad file says which one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import DataError
+from .classes import default_palette
+
+__all__ = ["read_image", "read_image_and_orientation", "read_mask", "write_mask_png", "EXIF_ORIENTATION"]
+
+# The EXIF tag that says how a camera held the photo: 1 = upright, 2..8 = mirrored and/or rotated.
+EXIF_ORIENTATION = 0x0112
+
+_ORIENTATION_WORDS = {
+    2: "mirrored left-right",
+    3: "rotated 180 degrees",
+    4: "mirrored top-bottom",
+    5: "transposed (mirrored and rotated 90 degrees)",
+    6: "rotated 90 degrees clockwise",
+    7: "transversed (mirrored and rotated 90 degrees)",
+    8: "rotated 90 degrees counter-clockwise",
+}
+
+
+def orientation_words(orientation: int) -> str:
+    """What an EXIF orientation value means to a reader ('rotated 90 degrees clockwise')."""
+    return _ORIENTATION_WORDS.get(orientation, "upright")
+
+
+def _open_loaded(path: str | os.PathLike, what: str) -> Image.Image:
+    """Open ``path`` and decode every pixel now, so that a truncated file fails here and names itself."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            # load() decodes the whole file: a truncated JPEG or PNG raises here instead of giving grey rows later.
+            # The pixels stay in memory after the file is closed (multi-frame files would keep it open otherwise).
+            image.load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected an {what} file") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file Pillow can read (unknown format or corrupt header)") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, zlib errors...
+        text = str(error) or type(error).__name__
+        if "truncated" in text.lower():
+            raise DataError(f"{path}: truncated {what} file ({text})") from error
+        raise DataError(f"{path}: cannot read {what} file: {text}") from error
+    return image
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is no reason to refuse the pixels
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any Pillow mode: grey, palette, alpha (dropped), CMYK, 16-bit and float."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit grey (PNG/TIFF): scale 0..65535 to 0..255; Pillow's own convert would clip at 255 instead.
+        grey = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        # Float images are taken to hold intensities in [0, 1].
+        grey = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        grey = np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    try:
+        if mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        # RGBA/LA: convert drops the alpha channel as it is (no compositing onto a background).
+        converted = image.convert("RGB")
+    except Exception as error:  # noqa: BLE001
+        raise DataError(f"{path}: cannot convert image mode {mode!r} to RGB: {error}") from error
+    return np.asarray(converted, dtype=np.uint8).copy()
+
+
+def read_image_and_orientation(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """The upright (H, W, 3) uint8 RGB image and the EXIF orientation tag the file carried (1 when none).
+
+    The returned pixels already have the orientation applied (``ImageOps.exif_transpose``); for tags 5..8 the raw
+    pixel grid of the file is W x H. ``data check`` uses the tag to warn about masks drawn on the raw grid.
+    """
+    path = Path(path)
+    image = _open_loaded(path, "image")
+    orientation = _orientation(image)
+    if orientation != 1:
+        try:
+            image = ImageOps.exif_transpose(image)
+        except Exception as error:  # noqa: BLE001
+            raise DataError(f"{path}: cannot apply the EXIF orientation {orientation}: {error}") from error
+    return _to_rgb8(image, path), orientation
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """A photo as (H, W, 3) uint8 RGB, upright (EXIF orientation applied), fully decoded.
+
+    Grey, palette, RGBA (alpha dropped), CMYK, 16-bit (scaled to 8 bits) and float ([0, 1]) images all become
+    8-bit RGB. A missing, unreadable or truncated file raises :class:`DataError` naming it.
+    """
+    return read_image_and_orientation(path)[0]
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """The raw label values of a mask file, without any class mapping.
+
+    - palette ('P') PNGs: the palette *indices* (Pascal VOC's SegmentationClass), never the colours;
+    - 'L' (8-bit): ``(H, W) uint8``; 'I;16'/'I' (16/32-bit): ``(H, W) int32``; '1': 0/1 as uint8;
+    - 'RGB'/'RGBA': ``(H, W, 3) uint8`` (alpha dropped), for data sets that encode classes as colours;
+    - 'LA'/'PA': the first channel (grey value or palette index).
+
+    The EXIF orientation is not applied: label files are taken as stored. Errors are DataErrors naming the file.
+    """
+    path = Path(path)
+    image = _open_loaded(path, "mask")
+    mode = image.mode
+    if mode in ("P", "L"):
+        return np.asarray(image, dtype=np.uint8).copy()
+    if mode in ("PA", "LA"):
+        return np.asarray(image.getchannel(0), dtype=np.uint8).copy()
+    if mode == "1":
+        return np.asarray(image, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode == "I":
+        return np.asarray(image).astype(np.int32)
+    if mode in ("RGB", "RGBA"):
+        return np.asarray(image.convert("RGB") if mode == "RGBA" else image, dtype=np.uint8).copy()
+    raise DataError(
+        f"{path}: mask mode {mode!r} is not supported; save masks as index PNGs (8-bit grey or palette) or RGB PNGs"
+    )
+
+
+def _atomic_save(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_mask_png(
+    path: str | os.PathLike, mask: np.ndarray, palette: Sequence[Sequence[int]] | None = None
+) -> None:
+    """Write an (H, W) index mask with values 0..255 as a PNG, atomically (temporary file + rename).
+
+    With ``palette`` (RGB triples, at most 256) the file is a palette PNG: viewers show colours, :func:`read_mask`
+    gives back the indices. Entries the palette does not cover (e.g. 255, the ignore value) get the Pascal VOC
+    colour map's colour, so 255 shows as VOC's cream border colour. With ``palette=None`` it is a plain 8-bit grey
+    index PNG (the SegmentationClassAug convention).
+    """
+    path = Path(path)
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{path}: a mask to write must be 2-D (H, W), got shape {mask.shape}")
+    if not np.issubdtype(mask.dtype, np.integer) and mask.dtype != np.bool_:
+        raise ValueError(f"{path}: a mask to write must hold integers, got dtype {mask.dtype}")
+    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 255):
+        raise ValueError(
+            f"{path}: mask values must be within 0..255 for an 8-bit PNG, got {int(mask.min())}..{int(mask.max())}"
+        )
+    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))  # 2-D uint8 -> mode 'L'
+    if palette is not None:
+        colours = [tuple(int(c) for c in colour) for colour in palette]
+        if len(colours) > 256 or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colours):
+            raise ValueError(f"{path}: the palette must be at most 256 (r, g, b) triples with values 0..255")
+        colours += list(default_palette(256)[len(colours) :])
+        # putpalette on an 'L' image turns it into a 'P' image whose indices are the mask values, unchanged.
+        image.putpalette([value for colour in colours for value in colour])
+    _atomic_save(image, path)

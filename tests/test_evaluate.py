@@ -97,3 +97,13 @@ def test_eval_refuses_a_model_with_another_class_count(tmp_path, capsys):
 
 def test_save_pred_needs_out(checkpoint):
     assert main(["eval", str(checkpoint), "--dataset", "camvid", "--root", str(CAMVID), "--save-pred"]) == 2
+
+
+def test_sizes_default_to_the_data_set_for_a_checkpoint_made_elsewhere(tmp_path):
+    from pspnet.weights.model_file import make_meta, save_model
+
+    model = tiny_pspnet(11)
+    path = save_model(model, tmp_path / "generic.safetensors", meta=make_meta(model.config, crop_size=(97, 97)))
+    report = _eval(path, tmp_path / "out", "--base-size", "97", "--limit", "1")
+    assert report["settings"]["crop_size"] == [360, 480]  # CamVid's, not the checkpoint's 97x97
+    assert report["settings"]["base_size"] == 97  # the explicit flag wins

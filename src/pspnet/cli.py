@@ -117,7 +117,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "flip": args.flip or None,
         "precision": args.precision,
     }
-    settings = InferenceSettings.from_meta(model.meta, **overrides)
+    meta = model.meta
+    if meta.get("dataset") != dataset.info.name:  # trained elsewhere: the data set's own protocol sizes
+        info = dataset.info
+        meta = {"inference": {"crop_size": list(info.crop_size), "base_size": info.base_size}}
+    settings = InferenceSettings.from_meta(meta, **overrides)
     if args.base_size is not None:
         settings = dataclasses.replace(settings, base_size=None if args.base_size == "native" else args.base_size)
     out = Path(args.out) if args.out else None
@@ -208,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a model file (or a training run directory) on a data set split: one confusion matrix "
         "over the whole split gives mIoU, mAcc, allAcc and per-class IoU/accuracy; boundary IoU (d = 2%% of the "
         "image diagonal) shows how sharp the edges are. Defaults come from the checkpoint's metadata (crop and base "
-        "size) and the data set. Official single-scale protocol: --mode slide --flip; multi-scale: add --scales 0.5 "
+        "size) when it was made for this data set, else from the data set. Official single-scale protocol: --mode slide --flip; multi-scale: add --scales 0.5 "
         "0.75 1.0 1.25 1.5 1.75.",
     )
     ev.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or training run directory")

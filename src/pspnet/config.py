@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "ModelConfig", "config_from_dict"]
+__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "config_from_dict", "load_train_config"]
 
 
 class ConfigError(ValueError):
@@ -93,3 +93,136 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise ConfigError(f"{cls.__name__}: missing key(s) {missing}")
     values = {name: _coerce(f"{cls.__name__}.{name}", value, hints[name]) for name, value in data.items()}
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: model, data, optimisation, precision, checkpoints. Defaults are the official recipe.
+
+    YAML files in ``configs/`` are flat mappings of these fields (no inheritance). Model fields are those of
+    :class:`ModelConfig` except ``num_classes``, which comes from the data set. Sizes are (height, width) pixels.
+    """
+
+    # data
+    dataset: str
+    root: str
+    train_split: str = "train"
+    val_split: str | None = "val"
+    crop_size: tuple[int, ...] = (473, 473)
+    scale_range: tuple[float, ...] = (0.5, 2.0)
+    rotate_range: tuple[float, ...] = (-10.0, 10.0)
+    rotate_p: float = 0.5
+    blur_p: float = 0.5
+    flip_p: float = 0.5
+    workers: int = 2
+    # model (num_classes comes from the data set)
+    depth: int = 50
+    stem: str = "deep"
+    output_stride: int = 8
+    contract_dilation: bool = False
+    bins: tuple[int, ...] = (1, 2, 3, 6)
+    head_channels: int = 512
+    aux: bool = True
+    aux_channels: int = 256
+    dropout: float = 0.1
+    align_corners: bool = True
+    backbone_init: str | None = None  # a backbone file from 'pspnet convert --from official-backbone|torchvision'
+    freeze_bn: bool = False  # BatchNorm in eval mode during training (tiny per-process batches)
+    # optimisation (official: SGD 0.9, wd 1e-4, lr 0.01, 10x head, poly 0.9, 16 images per step)
+    batch_size: int = 16  # images per optimiser step over all processes and accumulation steps
+    accumulate: int = 1  # micro-batches per process per optimiser step
+    lr: float = 0.01
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    aux_weight: float = 0.4
+    ignore_index: int = 255
+    iterations: int | None = None  # budget in optimiser steps; or
+    epochs: int | None = None  # budget in passes over the training split
+    # speed
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with loss scaling, GPU only)
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    # bookkeeping
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = 10
+    val_every: int | None = None  # iterations between validations (default: at every checkpoint)
+    val_limit: int | None = None
+    val_mode: str = "auto"
+    checkpoint_every: int = 1000
+    keep_last: int = 2
+    tensorboard: bool = False
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        names = {f.name for f in fields(ModelConfig)} - {"num_classes"}
+        return ModelConfig(num_classes=num_classes, **{n: getattr(self, n) for n in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def load_train_config(path: str | None, overrides: list[str] | None = None, **base: Any) -> TrainConfig:
+    """Read a flat YAML config (or start from ``base``), apply ``key=value`` overrides (values parsed as YAML),
+    and validate every key and type. Errors name the file or the override."""
+    import yaml
+
+    data: dict[str, Any] = dict(base)
+    if path is not None:
+        try:
+            with open(path) as handle:
+                loaded = yaml.safe_load(handle)
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read the config: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config is a flat mapping of keys to values")
+        data.update(loaded)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        data[key.strip()] = _parse_scalar(value)
+    try:
+        config = config_from_dict(TrainConfig, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path or 'config'}: {error}") from None
+    _validate_train(config, path or "config")
+    return config
+
+
+def _validate_train(c: TrainConfig, where: str) -> None:
+    def fail(message: str) -> None:
+        raise ConfigError(f"{where}: {message}")
+
+    if (c.iterations is None) == (c.epochs is None):
+        fail("give exactly one budget: iterations or epochs")
+    if (c.iterations or c.epochs or 0) < 1:
+        fail("the budget (iterations or epochs) must be positive")
+    if len(c.crop_size) != 2 or min(c.crop_size) < 1:
+        fail(f"crop_size must be [height, width], got {list(c.crop_size)}")
+    if len(c.scale_range) != 2 or not 0 < c.scale_range[0] <= c.scale_range[1]:
+        fail(f"scale_range must be [low, high] with 0 < low <= high, got {list(c.scale_range)}")
+    if len(c.rotate_range) != 2 or c.rotate_range[0] > c.rotate_range[1]:
+        fail(f"rotate_range must be [low, high] degrees, got {list(c.rotate_range)}")
+    if c.precision not in ("fp32", "bf16", "fp16"):
+        fail(f"precision must be fp32, bf16 or fp16, got {c.precision!r}")
+    if c.batch_size < 1 or c.accumulate < 1:
+        fail("batch_size and accumulate must be positive")
+    if c.checkpoint_every < 1 or c.keep_last < 1 or c.log_every < 1:
+        fail("checkpoint_every, keep_last and log_every must be positive")

@@ -68,7 +68,8 @@ def evaluate(
         raise DataError(f"data set {info.name!r} split {dataset.split!r} at {dataset.root} has no images")
     confusion = ConfusionMatrix(info.num_classes, ignore_index=info.ignore_index, device=device)
     boundary = BoundaryIoU(info.num_classes, ignore_index=info.ignore_index, device=device)
-    loader = DataLoader(Subset(dataset, range(count)), batch_size=None, num_workers=workers, collate_fn=_identity)
+    loader = DataLoader(Subset(dataset, range(count)), batch_size=None, num_workers=workers, collate_fn=_identity,
+                        generator=torch.Generator())  # leaves the global RNG alone
     started = time.perf_counter()
     scored = 0
     bar = tqdm(loader, total=count, desc=f"eval {info.name}/{dataset.split}", unit="img", disable=not progress)

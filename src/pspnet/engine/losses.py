@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "cross_entropy", "pspnet_loss"]
+__all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "cross_entropy", "loss_sum", "pspnet_loss"]
 
 AUX_WEIGHT = 0.4  # Zhao et al. 2017, section 4.1: the auxiliary loss is weighted 0.4
 IGNORE_INDEX = 255
@@ -39,3 +39,24 @@ def pspnet_loss(
     main, aux = outputs
     loss = cross_entropy(main, target, ignore_index=ignore_index)
     return loss + aux_weight * cross_entropy(aux, target, ignore_index=ignore_index)
+
+
+def loss_sum(
+    outputs: Tensor | tuple[Tensor, Tensor],
+    target: Tensor,
+    *,
+    aux_weight: float = AUX_WEIGHT,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """``sum CE(main) + aux_weight * sum CE(aux)`` over the labelled pixels (float32, not yet averaged).
+
+    Training divides it by the number of labelled pixels of the whole optimiser step, counted over every micro-batch
+    and every process, so that the gradient does not depend on how a batch is split across them.
+    """
+    if isinstance(outputs, Tensor):
+        outputs = (outputs,)  # type: ignore[assignment]
+    total = F.cross_entropy(outputs[0].float(), target.long(), ignore_index=ignore_index, reduction="sum")
+    if len(outputs) > 1:
+        aux = F.cross_entropy(outputs[1].float(), target.long(), ignore_index=ignore_index, reduction="sum")
+        total = total + aux_weight * aux
+    return total

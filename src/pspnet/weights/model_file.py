@@ -213,7 +213,7 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
         meta = json.loads(raw)
     except ValueError as error:
         raise CheckpointError(f"{path}: corrupted pspnet metadata: {error}") from None
-    if not isinstance(meta, dict) or meta.get("kind") not in ("model", "backbone"):
+    if not isinstance(meta, dict) or meta.get("kind") not in ("model", "backbone", "train_state"):
         raise CheckpointError(f"{path}: pspnet metadata without a valid 'kind'")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -272,6 +272,8 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     """
     path = resolve_model_path(path)
     tensors, meta = read_weights_file(path)
+    if meta["kind"] == "train_state":
+        raise CheckpointError(f"{path}: the training state of a run, not a model; load the model.safetensors beside it")
     if meta["kind"] == "backbone":
         raise CheckpointError(
             f"{path}: ImageNet backbone weights for training initialisation, not a segmentation model; "

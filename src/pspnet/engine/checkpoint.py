@@ -1,0 +1,167 @@
+"""Training-run checkpoints: ``RUN/ckpt_N/`` directories written atomically, the last K kept, plus ``RUN/best/``.
+
+A checkpoint directory holds
+
+- ``model.safetensors``: the loadable model file (``pspnet.load_model`` reads it, or the run directory);
+- ``state.safetensors``: everything else needed to continue exactly, as tensors plus JSON metadata, so nothing is
+  pickled: the optimiser's momentum buffers, the RNG states (CPU and every CUDA device), and in the metadata the
+  iteration, epoch, step within the epoch (the data order is a function of seed and epoch), the loss scaler, the
+  best validation mIoU so far and the run's config.
+
+A directory is written under a temporary name and renamed when complete, so a run killed at any moment leaves
+only whole checkpoints behind.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..weights.model_file import FORMAT_VERSION, read_weights_file, save_model, write_weights_file
+
+__all__ = ["TrainState", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+_CKPT = re.compile(r"ckpt_(\d+)")
+
+
+@dataclass
+class TrainState:
+    """Counters of a run: optimiser steps done, position in the data order, best validation score."""
+
+    iteration: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_miou: float | None = None
+    best_iteration: int | None = None
+    train_seconds: float = 0.0
+    scaler: dict[str, Any] = field(default_factory=dict)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for g, group in enumerate(optimizer.param_groups):
+        for p, param in enumerate(group["params"]):
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{g}.{p}.{name}"] = value
+                elif value is not None:
+                    raise TypeError(f"optimiser state {name!r} is not a tensor")  # SGD only keeps momentum buffers
+    return tensors
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    return tensors
+
+
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    model: nn.Module,
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    config: dict[str, Any],
+    keep_last: int,
+    best: bool = False,
+) -> Path:
+    """Write ``run_dir/ckpt_{iteration}`` (and ``best/`` when ``best``); delete all but the last ``keep_last``."""
+    final = run_dir / f"ckpt_{state.iteration}"
+    tmp = run_dir / f".ckpt_{state.iteration}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, tmp / "model.safetensors", meta=meta)  # type: ignore[arg-type]
+    info = {
+        "kind": "train_state",
+        "format_version": FORMAT_VERSION,
+        "iteration": state.iteration,
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "best_miou": state.best_miou,
+        "best_iteration": state.best_iteration,
+        "train_seconds": state.train_seconds,
+        "scaler": state.scaler,
+        "config": config,
+    }
+    write_weights_file(tmp / "state.safetensors", {**_optimizer_tensors(optimizer), **_rng_tensors()}, info)
+    if final.exists():  # left by an earlier attempt of the same iteration
+        shutil.rmtree(final)
+    tmp.rename(final)
+    if best:
+        staging = run_dir / ".best.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(final, staging)
+        old = run_dir / ".best.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (run_dir / "best").exists():
+            (run_dir / "best").rename(old)
+        staging.rename(run_dir / "best")
+        shutil.rmtree(old, ignore_errors=True)
+    for _, stale in _numbered(run_dir)[:-keep_last]:
+        shutil.rmtree(stale)
+    return final
+
+
+def _numbered(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in run_dir.glob("ckpt_*"):
+        match = _CKPT.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The ``ckpt_N`` directory of ``run_dir`` with the largest N, or None."""
+    found = _numbered(run_dir)
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(
+    checkpoint: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[TrainState, dict[str, Any]]:
+    """Restore weights, optimiser buffers and RNG states from ``checkpoint`` (a ``ckpt_N`` directory).
+
+    Returns the counters and the run config saved with it.
+    """
+    weights, _ = read_weights_file(checkpoint / "model.safetensors")
+    tensors, info = read_weights_file(checkpoint / "state.safetensors")
+    if info.get("kind") != "train_state":
+        raise CheckpointError(f"{checkpoint / 'state.safetensors'}: not a training state")
+    missing = set(model.state_dict()) ^ set(weights)
+    if missing:
+        raise CheckpointError(f"{checkpoint}: the model does not match the run's weights: {sorted(missing)[:10]}")
+    model.load_state_dict(weights)
+    for g, group in enumerate(optimizer.param_groups):
+        for p, param in enumerate(group["params"]):
+            prefix = f"optimizer.{g}.{p}."
+            for key in [k for k in tensors if k.startswith(prefix)]:
+                value = tensors[key]
+                if value.shape != param.shape:
+                    raise CheckpointError(f"{checkpoint}: optimiser state {key} does not fit its parameter")
+                optimizer.state[param][key[len(prefix) :]] = value.to(device)
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    cuda_states = [tensors[k] for k in cuda_keys]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    state = TrainState(
+        iteration=int(info["iteration"]),
+        epoch=int(info["epoch"]),
+        step_in_epoch=int(info["step_in_epoch"]),
+        best_miou=info.get("best_miou"),
+        best_iteration=info.get("best_iteration"),
+        train_seconds=float(info.get("train_seconds", 0.0)),
+        scaler=info.get("scaler") or {},
+    )
+    return state, info.get("config") or {}

@@ -1,0 +1,368 @@
+"""The training engine: the official PSPNet recipe on one CPU, one GPU or many processes under torchrun.
+
+Recipe (official PyTorch code): SGD with momentum 0.9 and weight decay 1e-4; the backbone at the base learning rate,
+pyramid pooling, head and auxiliary head at 10x; poly decay ``lr = base * (1 - i / max_iter) ** 0.9`` per
+optimiser step, with i counted from 1 as the official code does (so the last step runs at 0); loss = CE(main) +
+0.4 x CE(aux) with ignore 255; the paper's augmentation (:func:`pspnet.data.transforms.paper_train_transform`).
+
+One optimiser step consumes ``batch_size`` images: ``accumulate`` micro-batches on each of ``world_size``
+processes. The images of a step are consecutive entries of a permutation drawn from (seed, epoch), so the data
+order does not depend on how many processes or workers there are, and a run resumes mid-epoch exactly. The loss of
+every micro-batch is divided by the number of labelled pixels of the whole step (all micro-batches, all processes),
+so the gradient is that of the step's mean loss however the batch is split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import ConfigError, TrainConfig
+from ..data.classes import DATASETS
+from ..data.datasets import SegmentationDataset, build_dataset, collate
+from ..data.transforms import paper_train_transform
+from ..inference import InferenceSettings, normalize, resolve_device
+from ..models.pspnet import PSPNet, build_model
+from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, make_meta
+from . import distributed
+from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .losses import loss_sum
+
+__all__ = ["NonFiniteLossError", "param_groups", "poly_lr", "step_batches", "train"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+
+def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float = 0.9) -> float:
+    """Learning rate of optimiser step ``iteration`` (1-based, as in the official code) of ``max_iter``."""
+    return base_lr * (1.0 - iteration / max_iter) ** power
+
+
+def param_groups(model: PSPNet, *, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
+    """Two groups: the backbone at ``lr``; pyramid pooling, head and aux head at ``lr * head_lr_mult``."""
+    head = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
+    return [
+        {"params": list(model.backbone.parameters()), "lr": lr, "base_lr": lr, "name": "backbone"},
+        {"params": head, "lr": lr * head_lr_mult, "base_lr": lr * head_lr_mult, "name": "head"},
+    ]
+
+
+def step_batches(
+    num_samples: int, *, seed: int, epoch: int, micro_batch: int, accumulate: int, rank: int, world_size: int
+) -> list[list[list[int]]]:
+    """Index lists of every optimiser step of ``epoch`` for one process: ``steps[s][j]`` is its micro-batch j.
+
+    A step takes the next ``micro_batch * accumulate * world_size`` entries of the epoch's permutation; micro-batch
+    j of process r is the slice ``(j * world_size + r) * micro_batch`` of them. The incomplete last step is dropped.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_samples, generator=generator).tolist()
+    per_step = micro_batch * accumulate * world_size
+    steps = []
+    for s in range(num_samples // per_step):
+        chunk = order[s * per_step : (s + 1) * per_step]
+        steps.append(
+            [
+                chunk[(j * world_size + rank) * micro_batch : (j * world_size + rank + 1) * micro_batch]
+                for j in range(accumulate)
+            ]
+        )
+    return steps
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+class _Log:
+    """JSON lines in RUN/log.jsonl (rank 0), optionally mirrored to TensorBoard."""
+
+    def __init__(self, path: Path, *, resume_from: int | None, tensorboard: bool):
+        self.path = path
+        if resume_from is not None and path.exists():  # drop what the interrupted run logged after the checkpoint
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= resume_from]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
+            self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "iteration":
+                    self.writer.add_scalar(key, value, record["iteration"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _resolve_resume(resume: str | Path, out: Path) -> Path:
+    path = Path(resume)
+    if (path / "state.safetensors").is_file():
+        return path
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is not None:
+            return found
+    raise ConfigError(f"--resume {resume}: no checkpoint there (expected RUN_DIR with ckpt_N/ or a ckpt_N/ directory)")
+
+
+def _validate(model: PSPNet, dataset: SegmentationDataset, config: TrainConfig, device: torch.device) -> dict:
+    from .evaluate import evaluate
+
+    info = dataset.info
+    settings = InferenceSettings(
+        mode=config.val_mode, crop_size=tuple(config.crop_size), base_size=info.base_size, precision=config.precision
+        if config.precision != "fp16" or device.type == "cuda" else "fp32"
+    )
+    was_training = model.training
+    report = evaluate(model, dataset, settings, device=device, limit=config.val_limit, progress=False, workers=0)
+    model.train(was_training)
+    return report
+
+
+def train(
+    config: TrainConfig,
+    out: Path,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train by ``config`` into the run directory ``out``; returns the final checkpoint directory.
+
+    ``resume`` is a run directory (its latest ``ckpt_N``) or a ``ckpt_N`` directory to continue from exactly.
+    """
+    device = resolve_device(config.device)
+    dist = distributed.setup(device)
+    device = dist.device
+    try:
+        return _train(config, Path(out), resume, progress, dist)
+    finally:
+        distributed.cleanup()
+
+
+def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: bool, dist) -> Path:
+    device = dist.device
+    if config.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device (loss scaling); use bf16 on the CPU")
+    global_micro = config.batch_size / (config.accumulate * dist.world_size)
+    if global_micro != int(global_micro):
+        raise ConfigError(
+            f"batch_size {config.batch_size} is not divisible by accumulate {config.accumulate} x "
+            f"{dist.world_size} processes"
+        )
+    micro_batch = int(global_micro)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed + dist.rank)  # dropout differs per process; data order does not
+
+    checkpoint = _resolve_resume(resume, out) if resume is not None else None
+    if checkpoint is None and dist.is_main and out.exists() and latest_checkpoint(out) is not None:
+        raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+
+    augment = paper_train_transform(
+        crop_size=tuple(config.crop_size),
+        scale=tuple(config.scale_range),
+        rotate=tuple(config.rotate_range),
+        rotate_p=config.rotate_p,
+        blur_p=config.blur_p,
+        flip_p=config.flip_p,
+        ignore_index=config.ignore_index,
+    )
+    train_set = build_dataset(config.dataset, config.root, config.train_split, transform=augment, seed=config.seed)
+    val_set = build_dataset(config.dataset, config.root, config.val_split) if config.val_split else None
+    info = train_set.info
+    if info.ignore_index != config.ignore_index:
+        raise ConfigError(f"ignore_index {config.ignore_index} differs from the data set's {info.ignore_index}")
+    steps_per_epoch = len(train_set) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"the training split has {len(train_set)} images, fewer than batch_size {config.batch_size}")
+    total = config.iterations if config.iterations is not None else config.epochs * steps_per_epoch  # type: ignore
+
+    model = build_model(config.model_config(info.num_classes))
+    meta = make_meta(
+        model.config,
+        dataset=info.name if info.name in DATASETS and DATASETS[info.name].num_classes == info.num_classes else None,
+        classes=list(info.classes),
+        palette=[list(c) for c in info.palette],
+        ignore_index=info.ignore_index,
+        crop_size=tuple(config.crop_size),
+        base_size=info.base_size,
+        source={"from": "pspnet train", "run": str(out)},
+    )
+    meta["dataset"] = info.name
+    model.meta = meta
+    if config.backbone_init and checkpoint is None:
+        load_backbone_weights(model.backbone, config.backbone_init)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        param_groups(model, lr=config.lr, head_lr_mult=config.head_lr_mult),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    state = TrainState()
+    if checkpoint is not None:
+        state, _saved_config = load_checkpoint(checkpoint, model=model, optimizer=optimizer, device=device)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+    if state.scaler and config.precision == "fp16":
+        scaler.load_state_dict(state.scaler)
+
+    net: nn.Module = model
+    if dist.distributed:
+        if device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(net) if config.compile else net
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    log = _Log(out / "log.jsonl", resume_from=state.iteration if checkpoint else None, tensorboard=config.tensorboard) if dist.is_main else None
+    val_every = config.val_every or config.checkpoint_every
+    last_good = str(checkpoint) if checkpoint is not None else None
+
+    def save(best: bool = False) -> Path | None:
+        nonlocal last_good
+        path = None
+        if dist.is_main:
+            path = save_checkpoint(
+                out, model=model, meta=meta, optimizer=optimizer, state=state, config=config.to_dict(),
+                keep_last=config.keep_last, best=best,
+            )
+            last_good = str(path)
+        distributed.barrier()
+        return path
+
+    bar = tqdm(total=total, initial=state.iteration, desc="train", unit="it", disable=not (progress and dist.is_main))
+    window_images, window_start = 0, time.perf_counter()
+    final: Path | None = None
+    while state.iteration < total:
+        epoch, first = divmod(state.iteration, steps_per_epoch)
+        state.epoch = epoch
+        train_set.set_epoch(epoch)
+        steps = step_batches(
+            len(train_set), seed=config.seed, epoch=epoch, micro_batch=micro_batch, accumulate=config.accumulate,
+            rank=dist.rank, world_size=dist.world_size,
+        )[first : first + (total - state.iteration)]
+        loader = DataLoader(
+            train_set,
+            batch_sampler=[micro for step in steps for micro in step],
+            num_workers=config.workers,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG (dropout) untouched
+        )
+        batches = iter(loader)
+        for _ in steps:
+            started = time.perf_counter()
+            micro = [next(batches) for _ in range(config.accumulate)]
+            iteration = state.iteration + 1
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(group["base_lr"], iteration, total, config.poly_power)
+            targets = [m["mask"].to(device, non_blocking=True) for m in micro]
+            labelled = torch.stack([(t != config.ignore_index).sum() for t in targets]).sum().double()
+            labelled = distributed.all_reduce_sum(labelled).clamp(min=1)
+            net.train()
+            if config.freeze_bn:
+                _freeze_batchnorm(net)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), dtype=torch.float64, device=device)
+            for j, (batch, target) in enumerate(zip(micro, targets)):
+                images = normalize(batch["image"].to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD)
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                sync = contextlib.nullcontext()
+                if dist.distributed and j < config.accumulate - 1:
+                    sync = net.no_sync()  # type: ignore[operator]
+                with sync:
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        outputs = forward(images)
+                    total_loss = loss_sum(
+                        outputs, target, aux_weight=config.aux_weight, ignore_index=config.ignore_index
+                    )
+                    # DDP averages gradients over processes: scale by world size to get the step's mean loss
+                    scaler.scale(total_loss * (dist.world_size / labelled.float())).backward()
+                step_loss += total_loss.detach().double()
+            step_loss = distributed.all_reduce_sum(step_loss) / labelled
+            loss_value = float(step_loss)
+            if not math.isfinite(loss_value):
+                bar.close()
+                if log is not None:
+                    log.write({"iteration": iteration, "event": "non-finite loss", "loss": str(loss_value)})
+                raise NonFiniteLossError(
+                    f"the loss became {loss_value} at iteration {iteration}; stopped without saving it. Last good "
+                    f"checkpoint: {last_good or 'none (no checkpoint was written yet)'}; resume from it with "
+                    f"--resume after lowering lr or switching precision"
+                )
+            scaler.step(optimizer)
+            scaler.update()
+            state.iteration = iteration
+            state.step_in_epoch = (iteration % steps_per_epoch)
+            state.epoch = iteration // steps_per_epoch
+            state.train_seconds += time.perf_counter() - started
+            if config.precision == "fp16":
+                state.scaler = {k: v for k, v in scaler.state_dict().items()}
+            window_images += config.batch_size
+            bar.update(1)
+            if iteration % config.log_every == 0 or iteration == total:
+                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                lrs = [g["lr"] for g in optimizer.param_groups]
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.2e}", img_s=f"{rate:.1f}")
+                if log is not None:
+                    log.write(
+                        {"iteration": iteration, "epoch": iteration / steps_per_epoch, "loss": loss_value,
+                         "lr": lrs[0], "lr_head": lrs[1], "images_per_s": rate,
+                         "train_seconds": round(state.train_seconds, 3)}
+                    )
+                window_images, window_start = 0, time.perf_counter()
+            is_best = False
+            if val_set is not None and (iteration % val_every == 0 or iteration == total):
+                report = _validate(model, val_set, config, device) if dist.is_main else None
+                if report is not None and log is not None:
+                    miou = report["mIoU"]
+                    log.write({"iteration": iteration, "val_mIoU": miou, "val_mAcc": report["mAcc"],
+                               "val_allAcc": report["allAcc"], "val_images": report["images"]})
+                    if miou is not None and (state.best_miou is None or miou > state.best_miou):
+                        state.best_miou, state.best_iteration, is_best = miou, iteration, True
+                    bar.write(f"iteration {iteration}: val mIoU {100 * miou:.2f}" if miou is not None else
+                              f"iteration {iteration}: val mIoU undefined")
+                distributed.barrier()
+                window_start = time.perf_counter()
+            if iteration % config.checkpoint_every == 0 or iteration == total or is_best:
+                final = save(best=is_best)
+                window_start = time.perf_counter()
+    bar.close()
+    if log is not None:
+        log.close()
+    if dist.is_main:
+        from .curves import plot_training_curve
+
+        plot_training_curve(out / "log.jsonl", out / "curve.png")
+    return final if final is not None else out / f"ckpt_{state.iteration}"
+

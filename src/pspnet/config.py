@@ -33,6 +33,7 @@ class ModelConfig:
     aux_channels: int = 256
     dropout: float = 0.1
     align_corners: bool = True
+    ppm: bool = True  # False only for ablations: the head then sees layer4 alone (no global context)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -126,6 +127,7 @@ class TrainConfig:
     aux_channels: int = 256
     dropout: float = 0.1
     align_corners: bool = True
+    ppm: bool = True
     backbone_init: str | None = None  # a backbone file from 'pspnet convert --from official-backbone|torchvision'
     freeze_bn: bool = False  # BatchNorm in eval mode during training (tiny per-process batches)
     # optimisation (official: SGD 0.9, wd 1e-4, lr 0.01, 10x head, poly 0.9, 16 images per step)

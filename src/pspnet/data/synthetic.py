@@ -92,7 +92,7 @@ SKY, SHORE, FOREST, WATER, GRASS, LILY_PAD, BUSH, ROCK = range(len(CLASSES))
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 PALETTE: tuple[Color, ...] = tuple(c.color for c in CLASSES)
 
-#: scene types, in the order of the second index of the label tables below
+#: scene types; index 0 and 1 of the label tables below
 SCENE_TYPES: tuple[str, ...] = ("lake", "meadow")
 #: (lake class, meadow class) pairs drawn from one appearance distribution: only the scene type tells them apart
 CONTEXT_PAIRS: tuple[tuple[int, int], ...] = ((WATER, GRASS), (LILY_PAD, BUSH))
@@ -100,7 +100,7 @@ DEFAULT_SIZE: tuple[int, int] = (128, 128)
 #: each split draws from its own random stream, so adding a test split never changes train or val
 SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
-# label of each drawn part in each scene type: _LABELS[part][scene]
+# the label of each drawn part, by scene type (lake, meadow); the sky and rocks are the same in both
 _CUE_LABEL = (SHORE, FOREST)
 _SURFACE_LABEL = (WATER, GRASS)
 _BLOB_LABEL = (LILY_PAD, BUSH)

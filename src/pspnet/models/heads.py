@@ -46,10 +46,12 @@ class PSPHead(FCNHead):
         channels: int = 512,
         dropout: float = 0.1,
         align_corners: bool = True,
+        ppm: bool = True,
     ):
-        ppm = PyramidPoolingModule(in_channels, bins=bins, align_corners=align_corners)
-        super().__init__(ppm.out_channels, num_classes, channels=channels, dropout=dropout)
-        self.ppm = ppm
+        # ppm=False drops the pyramid pooling (an ablation, not the paper's network): the 3x3 conv sees layer4 only.
+        pool = PyramidPoolingModule(in_channels, bins=bins, align_corners=align_corners) if ppm else None
+        super().__init__(pool.out_channels if pool else in_channels, num_classes, channels=channels, dropout=dropout)
+        self.ppm = pool if pool is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(self.ppm(x))

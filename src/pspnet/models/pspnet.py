@@ -44,6 +44,7 @@ class PSPNet(nn.Module):
         aux_channels: int = 256,
         dropout: float = 0.1,
         align_corners: bool = True,
+        ppm: bool = True,
     ):
         super().__init__()
         if num_classes < 1:
@@ -60,12 +61,19 @@ class PSPNet(nn.Module):
             aux_channels=aux_channels,
             dropout=dropout,
             align_corners=align_corners,
+            ppm=ppm,
         )
         self.align_corners = align_corners
         self.backbone = ResNet(depth=depth, stem=stem, output_stride=output_stride, contract_dilation=contract_dilation)
         channels = self.backbone.channels
         self.decode_head = PSPHead(
-            channels[3], num_classes, bins=bins, channels=head_channels, dropout=dropout, align_corners=align_corners
+            channels[3],
+            num_classes,
+            bins=bins,
+            channels=head_channels,
+            dropout=dropout,
+            align_corners=align_corners,
+            ppm=ppm,
         )
         self.aux_head = FCNHead(channels[2], num_classes, channels=aux_channels, dropout=dropout) if aux else None
         # Filled by pspnet.load_model from the checkpoint's metadata (classes, palette, normalisation, ...).

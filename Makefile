@@ -14,9 +14,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
-# The project's main job (becomes 'pspnet demo' once training lands).
+# The project's main job: train, evaluate and show a small PSPNet on synthetic scenes (about 5 minutes on 2 cores).
 run: setup
-	$(VENV)/bin/pspnet info --model pspnet50 --size 473 473
+	$(VENV)/bin/pspnet demo --out runs/demo --force
 
 test: setup
 	$(PY) -m pytest -q

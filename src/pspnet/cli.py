@@ -108,7 +108,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
-    dataset = build_dataset(args.dataset, args.root, args.split)
+    dataset = build_dataset(args.dataset, args.root, args.split).select(include=args.include, exclude=args.exclude)
     overrides: dict[str, object] = {
         "mode": args.mode,
         "crop_size": args.crop,
@@ -148,7 +148,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(format_table(report))
     if out is not None:
         written = write_report(report, out)
-        print(f"wrote {', '.join(str(p) for p in written)}" + (f" and {out / 'predictions'}/" if args.save_pred else ""))
+        print(
+            f"wrote {', '.join(str(p) for p in written)}" + (f" and {out / 'predictions'}/" if args.save_pred else "")
+        )
     return 0
 
 
@@ -161,14 +163,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config_path = args.config
     if config_path is None:
         if args.resume in (None, "latest"):
-            print("error: give CONFIG.yaml, or --resume RUN_DIR to continue a run with its saved config", file=sys.stderr)
+            print(
+                "error: give CONFIG.yaml, or --resume RUN_DIR to continue a run with its saved config", file=sys.stderr
+            )
             return 2
         config_path = str(Path(args.resume) / "config.yaml")
         if not Path(config_path).is_file():
             config_path = str(Path(args.resume).parent / "config.yaml")
     config = load_train_config(config_path, args.set)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config or Path(config_path).parent.name).stem
     resume = None
+    if args.out:
+        out = Path(args.out)
+    elif args.resume not in (None, "latest"):  # continue in the run directory itself
+        given = Path(args.resume)
+        out = given.parent if (given / "state.safetensors").is_file() else given
+    else:
+        out = Path("runs") / Path(config_path).stem
     if args.resume is not None:
         resume = out if args.resume == "latest" else args.resume
     if not args.quiet:
@@ -180,8 +190,90 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"done: model {final / 'model.safetensors'}; best {out / 'best'} (if validated); log {out / 'log.jsonl'}; "
-          f"curve {out / 'curve.png'}")
+    print(
+        f"done: model {final / 'model.safetensors'}; best {out / 'best'} (if validated); log {out / 'log.jsonl'}; "
+        f"curve {out / 'curve.png'}"
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    out = Path(args.out)
+    try:
+        result = run_demo(out, force=args.force, ablation=args.ablation)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    line = f"mIoU on the validation scenes: {100 * result['mIoU']:.1f}"
+    if "mIoU_no_ppm" in result:
+        gap = 100 * (result["mIoU"] - result["mIoU_no_ppm"])
+        line += f"; without pyramid pooling: {100 * result['mIoU_no_ppm']:.1f} (gap {gap:+.1f} points)"
+    print(line)
+    print(
+        f"demo finished in {result['seconds']['total']:.0f} s. Open {result['index']} in a browser; the model is "
+        f"{out / 'run' / 'best' / 'model.safetensors'}, metrics in {out / 'metrics.json'}."
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import load_palette, predict_inputs
+    from .segmenter import Segmenter
+
+    if not 0.0 <= args.alpha <= 1.0:
+        print(f"error: --alpha must be within 0..1, got {args.alpha}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} exists and is not a folder", file=sys.stderr)
+        return 2
+    segmenter = Segmenter.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        mode=args.mode,
+        scales=args.scales or (1.0,),
+        flip=args.flip,
+        max_batch=args.batch,
+    )
+    palette = None
+    if args.palette is not None:
+        try:
+            palette = load_palette(args.palette, segmenter.num_classes)
+        except ValueError as error:
+            print(f"error: --palette: {error}", file=sys.stderr)
+            return 2
+    s = segmenter.settings
+    print(
+        f"predicting with {args.checkpoint} on {segmenter.device}: {segmenter.num_classes} classes, mode {s.mode}, "
+        f"crop {s.crop_size[0]}x{s.crop_size[1]}, base size {s.base_size or 'native'}, scales {list(s.scales)}, "
+        f"flip {s.flip}, {s.precision}, batch {args.batch}",
+        file=sys.stderr,
+    )
+    report = predict_inputs(
+        segmenter,
+        args.inputs,
+        out,
+        overlay=args.overlay,
+        alpha=args.alpha,
+        palette=palette,
+        save_proba=args.save_proba,
+        batch=args.batch,
+        progress=not args.no_progress,
+    )
+    done = report.images + report.frames
+    videos = f" and {report.videos} video(s) ({report.frames} frames)" if report.videos else ""
+    print(
+        f"predicted {report.images} image(s){videos} in {report.seconds:.1f} s "
+        f"({done / max(report.seconds, 1e-9):.2f} img/s); outputs in {out}/, class shares in {report.csv_path}"
+    )
+    if report.failures:
+        print(f"error: {len(report.failures)} input(s) failed and were skipped:", file=sys.stderr)
+        for failure in report.failures:
+            print(f"  {failure.message}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -245,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a model file (or a training run directory) on a data set split: one confusion matrix "
         "over the whole split gives mIoU, mAcc, allAcc and per-class IoU/accuracy; boundary IoU (d = 2%% of the "
         "image diagonal) shows how sharp the edges are. Defaults come from the checkpoint's metadata (crop and base "
-        "size) when it was made for this data set, else from the data set. Official single-scale protocol: --mode slide --flip; multi-scale: add --scales 0.5 "
-        "0.75 1.0 1.25 1.5 1.75.",
+        "size) when it was made for this data set, else from the data set. Official single-scale protocol: "
+        "--mode slide --flip; multi-scale: add --scales 0.5 0.75 1.0 1.25 1.5 1.75.",
     )
     ev.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or training run directory")
     ev.add_argument("--dataset", required=True, choices=sorted(DATASETS) + ["folder"], help="data set reader")
@@ -257,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "whole", "slide"],
         help="whole image, sliding windows, or auto: windows only when a side exceeds the crop (default: auto)",
     )
-    ev.add_argument("--crop", nargs=2, type=_positive, metavar=("H", "W"), help="sliding-window size (default: model's)")
+    ev.add_argument(
+        "--crop", nargs=2, type=_positive, metavar=("H", "W"), help="sliding-window size (default: model's)"
+    )
     ev.add_argument("--stride-rate", type=float, help="window step as a fraction of the crop (default: 2/3)")
     ev.add_argument(
         "--base-size",
@@ -268,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="inference precision (default: fp32)")
     ev.add_argument("--limit", type=_positive, help="evaluate only the first N images")
+    ev.add_argument("--include", nargs="+", default=[], metavar="PREFIX", help="only images whose name starts so")
+    ev.add_argument("--exclude", nargs="+", default=[], metavar="PREFIX", help="skip images whose name starts so")
     ev.add_argument("--save-pred", action="store_true", help="save predicted label maps as palette PNGs under --out")
     ev.add_argument("--out", help="write metrics.json, confusion.png and per_class_iou.png here")
     ev.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
@@ -296,6 +392,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bar or config print-out")
     tr.set_defaults(func=_cmd_train)
+
+    demo = commands.add_parser(
+        "demo",
+        help="train, evaluate and show a small PSPNet on synthetic scenes (about 5 minutes on 2 CPU cores)",
+        description="Generate synthetic lake/meadow scenes whose classes depend on global context, train a small "
+        "PSPNet on the CPU, evaluate it, predict held-out scenes and write an index.html report.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    demo.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
+    demo.add_argument(
+        "--ablation", action="store_true", help="also train without pyramid pooling and compare (twice as long)"
+    )
+    demo.set_defaults(func=_cmd_demo)
+
+    pr = commands.add_parser(
+        "predict",
+        help="segment images, folders, globs and videos with a model file",
+        description="Segment images and videos with a model file (or a training run directory). INPUTs are files, "
+        "folders (searched recursively), globs (quote them: expanded here, '**' included) and videos (.mp4 .avi "
+        ".mov). Under --out, outputs mirror each input's path relative to its folder or glob base: NAME.png (palette "
+        "PNG of class ids), NAME_color.png, with --overlay NAME_overlay.png (blend and legend), with --save-proba "
+        "NAME_proba.npy (float16, classes x H x W); a video gives NAME_overlay.mp4|avi|mov. predictions.csv lists "
+        "each image's class pixel shares. Bad inputs are reported and skipped; the exit status is 0 only when every "
+        "input succeeded.",
+    )
+    pr.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or training run directory")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video file, folder, or glob pattern")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png: blend with a legend")
+    pr.add_argument("--alpha", type=float, default=0.5, help="weight of the colours in overlays (default: 0.5)")
+    pr.add_argument(
+        "--palette",
+        metavar="NAME_OR_FILE",
+        help=f"colours: a data set's ({', '.join(sorted(DATASETS))}) or a file (JSON list of [r, g, b], or one "
+        "'r g b' per line); its class count must match the model's (default: the checkpoint's)",
+    )
+    pr.add_argument("--save-proba", action="store_true", help="also write NAME_proba.npy (float16 probabilities)")
+    pr.add_argument(
+        "--mode",
+        choices=["auto", "whole", "slide"],
+        default="auto",
+        help="whole image, sliding windows, or auto: windows only when a side exceeds the checkpoint's crop after "
+        "base-size resizing (default: auto)",
+    )
+    pr.add_argument("--scales", nargs="+", type=float, help="scales to average (default: 1.0)")
+    pr.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    pr.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="inference precision (default: fp32)"
+    )
+    pr.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
+    pr.add_argument("--batch", type=_positive, default=4, help="images of one size per forward pass (default: 4)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_cmd_predict)
 
     add_data_commands(commands)
     return parser

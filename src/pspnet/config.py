@@ -109,6 +109,8 @@ class TrainConfig:
     root: str
     train_split: str = "train"
     val_split: str | None = "val"
+    train_exclude: tuple[str, ...] = ()  # sample-name prefixes held out of training (e.g. a CamVid sequence)
+    val_include: tuple[str, ...] = ()  # validate only on names with these prefixes (e.g. that held-out sequence)
     crop_size: tuple[int, ...] = (473, 473)
     scale_range: tuple[float, ...] = (0.5, 2.0)
     rotate_range: tuple[float, ...] = (-10.0, 10.0)

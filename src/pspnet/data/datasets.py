@@ -221,6 +221,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
             f"{self.info.num_classes} classes)"
         )
 
+    def select(self, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> SegmentationDataset:
+        """Keep the samples whose name starts with one of ``include`` (all when empty) and with none of ``exclude``.
+
+        Holds a part out, e.g. a CamVid sequence: ``select(exclude=["0006R0"])`` on train, ``select(include=
+        ["0006R0"])`` to evaluate on it. Works in place and returns the data set; a selection that leaves nothing
+        raises a DataError naming the prefixes.
+        """
+        kept = [
+            s
+            for s in self.samples
+            if (not include or s.name.startswith(tuple(include))) and not s.name.startswith(tuple(exclude) or ("\0",))
+        ]
+        if not kept:
+            raise DataError(
+                f"{self.root} split {self.split!r}: no sample left after include={list(include)} "
+                f"exclude={list(exclude)}"
+            )
+        self.samples = kept
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of this epoch (the rng of sample i is seeded with [seed, epoch, i])."""
         self.epoch = int(epoch)

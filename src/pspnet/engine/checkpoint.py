@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..weights.model_file import FORMAT_VERSION, read_weights_file, save_model, write_weights_file
 
-__all__ = ["TrainState", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["TrainState", "latest_checkpoint", "load_checkpoint", "repair_run_dir", "save_checkpoint"]
 
 _CKPT = re.compile(r"ckpt_(\d+)")
 
@@ -94,19 +94,19 @@ def save_checkpoint(
         "config": config,
     }
     write_weights_file(tmp / "state.safetensors", {**_optimizer_tensors(optimizer), **_rng_tensors()}, info)
-    if final.exists():  # left by an earlier attempt of the same iteration
-        shutil.rmtree(final)
-    tmp.rename(final)
-    if best:
+    if best:  # best/ is in place before the checkpoint that records it appears (a kill in between loses nothing)
         staging = run_dir / ".best.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(final, staging)
+        shutil.copytree(tmp, staging)
         old = run_dir / ".best.old"
         shutil.rmtree(old, ignore_errors=True)
         if (run_dir / "best").exists():
             (run_dir / "best").rename(old)
         staging.rename(run_dir / "best")
         shutil.rmtree(old, ignore_errors=True)
+    if final.exists():  # left by an earlier attempt of the same iteration
+        shutil.rmtree(final)
+    tmp.rename(final)
     for _, stale in _numbered(run_dir)[:-keep_last]:
         shutil.rmtree(stale)
     return final
@@ -119,6 +119,14 @@ def _numbered(run_dir: Path) -> list[tuple[int, Path]]:
         if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def repair_run_dir(run_dir: Path) -> None:
+    """Undo what a run killed while writing left behind: put a moved-aside best/ back, drop temporary folders."""
+    if not (run_dir / "best").exists() and (run_dir / ".best.old").is_dir():
+        (run_dir / ".best.old").rename(run_dir / "best")
+    for leftover in [run_dir / ".best.tmp", run_dir / ".best.old", *run_dir.glob(".ckpt_*.tmp")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -51,6 +51,9 @@ def evaluate(
     ``limit`` evaluates only the first N images. With ``pred_dir``, each prediction is written as a palette PNG
     ``pred_dir/NAME.png``. Samples without a mask (test splits) are predicted but not scored.
     The report has the keys of :func:`metrics_report` plus ``settings``, ``images`` and ``seconds``.
+
+    Under torch.distributed every process must call this: process r evaluates images r, r + W, r + 2W, ... and
+    the counts are summed over processes, so every process returns the same report for the whole split.
     """
     info = dataset.info
     if model.num_classes != info.num_classes:
@@ -68,11 +71,20 @@ def evaluate(
         raise DataError(f"data set {info.name!r} split {dataset.split!r} at {dataset.root} has no images")
     confusion = ConfusionMatrix(info.num_classes, ignore_index=info.ignore_index, device=device)
     boundary = BoundaryIoU(info.num_classes, ignore_index=info.ignore_index, device=device)
-    loader = DataLoader(Subset(dataset, range(count)), batch_size=None, num_workers=workers, collate_fn=_identity,
-                        generator=torch.Generator())  # leaves the global RNG alone
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    progress = progress and rank == 0
+    loader = DataLoader(
+        Subset(dataset, range(rank, count, world)),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_identity,
+        generator=torch.Generator(),
+    )  # leaves the global RNG alone
     started = time.perf_counter()
     scored = 0
-    bar = tqdm(loader, total=count, desc=f"eval {info.name}/{dataset.split}", unit="img", disable=not progress)
+    bar = tqdm(loader, total=len(range(rank, count, world)), desc=f"eval {info.name}/{dataset.split}", unit="img", disable=not progress)
     for sample in bar:
         image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)[None].to(device)
         probs = infer_proba(model, normalize(image, mean, std), settings)  # (1, K, H, W)
@@ -90,6 +102,10 @@ def evaluate(
             bar.set_postfix(mIoU=f"{100 * miou:.1f}" if miou is not None else "-")
     confusion.all_reduce()
     boundary.all_reduce()
+    scored_total = torch.tensor(scored, dtype=torch.int64, device=device)
+    if world > 1:
+        torch.distributed.all_reduce(scored_total)
+    scored = int(scored_total)
     report = metrics_report(confusion, boundary, list(info.classes))
     report["settings"] = {
         **asdict(settings),
@@ -185,4 +201,3 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(written[2], dpi=100)
     plt.close(fig)
     return written
-

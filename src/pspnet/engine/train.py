@@ -36,7 +36,7 @@ from ..inference import InferenceSettings, normalize, resolve_device
 from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, make_meta
 from . import distributed
-from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, save_checkpoint
 from .losses import loss_sum
 
 __all__ = ["NonFiniteLossError", "param_groups", "poly_lr", "step_batches", "train"]
@@ -118,7 +118,8 @@ class _Log:
             self.writer.close()
 
 
-def _resolve_resume(resume: str | Path, out: Path) -> Path:
+def _resolve_resume(resume: str | Path, out: Path) -> Path | None:
+    """The checkpoint to continue from; None when ``resume`` is this run's directory and it has none yet."""
     path = Path(resume)
     if (path / "state.safetensors").is_file():
         return path
@@ -126,16 +127,19 @@ def _resolve_resume(resume: str | Path, out: Path) -> Path:
         found = latest_checkpoint(path)
         if found is not None:
             return found
+        if path.resolve() == out.resolve():  # killed before its first checkpoint: start from the beginning
+            return None
     raise ConfigError(f"--resume {resume}: no checkpoint there (expected RUN_DIR with ckpt_N/ or a ckpt_N/ directory)")
 
 
 def _validate(model: PSPNet, dataset: SegmentationDataset, config: TrainConfig, device: torch.device) -> dict:
     from .evaluate import evaluate
 
-    info = dataset.info
     settings = InferenceSettings(
-        mode=config.val_mode, crop_size=tuple(config.crop_size), base_size=info.base_size, precision=config.precision
-        if config.precision != "fp16" or device.type == "cuda" else "fp32"
+        mode=config.val_mode,
+        crop_size=tuple(config.crop_size),
+        base_size=dataset.info.base_size,
+        precision=config.precision,
     )
     was_training = model.training
     report = evaluate(model, dataset, settings, device=device, limit=config.val_limit, progress=False, workers=0)
@@ -179,6 +183,8 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     torch.manual_seed(config.seed + dist.rank)  # dropout differs per process; data order does not
 
     checkpoint = _resolve_resume(resume, out) if resume is not None else None
+    if resume is not None and dist.is_main and out.is_dir():
+        repair_run_dir(out)
     if checkpoint is None and dist.is_main and out.exists() and latest_checkpoint(out) is not None:
         raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
 
@@ -192,7 +198,10 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         ignore_index=config.ignore_index,
     )
     train_set = build_dataset(config.dataset, config.root, config.train_split, transform=augment, seed=config.seed)
-    val_set = build_dataset(config.dataset, config.root, config.val_split) if config.val_split else None
+    train_set.select(exclude=config.train_exclude)
+    val_set = None
+    if config.val_split:
+        val_set = build_dataset(config.dataset, config.root, config.val_split).select(include=config.val_include)
     info = train_set.info
     if info.ignore_index != config.ignore_index:
         raise ConfigError(f"ignore_index {config.ignore_index} differs from the data set's {info.ignore_index}")
@@ -243,17 +252,35 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    log = _Log(out / "log.jsonl", resume_from=state.iteration if checkpoint else None, tensorboard=config.tensorboard) if dist.is_main else None
+    log = None
+    if dist.is_main:
+        resume_from = state.iteration if checkpoint is not None else None
+        log = _Log(out / "log.jsonl", resume_from=resume_from, tensorboard=config.tensorboard)
     val_every = config.val_every or config.checkpoint_every
     last_good = str(checkpoint) if checkpoint is not None else None
 
     def save(best: bool = False) -> Path | None:
         nonlocal last_good
+        finite = torch.tensor(
+            float(all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())),
+            device=device,
+        )
+        if float(distributed.all_reduce_sum(finite)) < dist.world_size:
+            raise NonFiniteLossError(
+                f"weights or BatchNorm statistics became non-finite by iteration {state.iteration} (the loss was still "
+                f"finite); not saved. Last good checkpoint: {last_good or 'none (no checkpoint was written yet)'}"
+            )
         path = None
         if dist.is_main:
             path = save_checkpoint(
-                out, model=model, meta=meta, optimizer=optimizer, state=state, config=config.to_dict(),
-                keep_last=config.keep_last, best=best,
+                out,
+                model=model,
+                meta=meta,
+                optimizer=optimizer,
+                state=state,
+                config=config.to_dict(),
+                keep_last=config.keep_last,
+                best=best,
             )
             last_good = str(path)
         distributed.barrier()
@@ -267,8 +294,13 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         state.epoch = epoch
         train_set.set_epoch(epoch)
         steps = step_batches(
-            len(train_set), seed=config.seed, epoch=epoch, micro_batch=micro_batch, accumulate=config.accumulate,
-            rank=dist.rank, world_size=dist.world_size,
+            len(train_set),
+            seed=config.seed,
+            epoch=epoch,
+            micro_batch=micro_batch,
+            accumulate=config.accumulate,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )[first : first + (total - state.iteration)]
         loader = DataLoader(
             train_set,
@@ -323,11 +355,11 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             scaler.step(optimizer)
             scaler.update()
             state.iteration = iteration
-            state.step_in_epoch = (iteration % steps_per_epoch)
+            state.step_in_epoch = iteration % steps_per_epoch
             state.epoch = iteration // steps_per_epoch
             state.train_seconds += time.perf_counter() - started
             if config.precision == "fp16":
-                state.scaler = {k: v for k, v in scaler.state_dict().items()}
+                state.scaler = dict(scaler.state_dict())
             window_images += config.batch_size
             bar.update(1)
             if iteration % config.log_every == 0 or iteration == total:
@@ -336,23 +368,33 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.2e}", img_s=f"{rate:.1f}")
                 if log is not None:
                     log.write(
-                        {"iteration": iteration, "epoch": iteration / steps_per_epoch, "loss": loss_value,
-                         "lr": lrs[0], "lr_head": lrs[1], "images_per_s": rate,
-                         "train_seconds": round(state.train_seconds, 3)}
+                        {
+                            "iteration": iteration,
+                            "epoch": iteration / steps_per_epoch,
+                            "loss": loss_value,
+                            "lr": lrs[0],
+                            "lr_head": lrs[1],
+                            "images_per_s": rate,
+                            "train_seconds": round(state.train_seconds, 3),
+                        }
                     )
                 window_images, window_start = 0, time.perf_counter()
             is_best = False
             if val_set is not None and (iteration % val_every == 0 or iteration == total):
-                report = _validate(model, val_set, config, device) if dist.is_main else None
-                if report is not None and log is not None:
-                    miou = report["mIoU"]
-                    log.write({"iteration": iteration, "val_mIoU": miou, "val_mAcc": report["mAcc"],
-                               "val_allAcc": report["allAcc"], "val_images": report["images"]})
-                    if miou is not None and (state.best_miou is None or miou > state.best_miou):
-                        state.best_miou, state.best_iteration, is_best = miou, iteration, True
-                    bar.write(f"iteration {iteration}: val mIoU {100 * miou:.2f}" if miou is not None else
-                              f"iteration {iteration}: val mIoU undefined")
-                distributed.barrier()
+                report = _validate(model, val_set, config, device)  # every process: each scores its share
+                miou = report["mIoU"]
+                if miou is not None and (state.best_miou is None or miou > state.best_miou):
+                    state.best_miou, state.best_iteration, is_best = miou, iteration, True
+                if log is not None:
+                    log.write(
+                        {"iteration": iteration, "val_mIoU": miou, "val_mAcc": report["mAcc"],
+                         "val_allAcc": report["allAcc"], "val_images": report["images"]}
+                    )
+                    bar.write(
+                        f"iteration {iteration}: val mIoU {100 * miou:.2f}"
+                        if miou is not None
+                        else f"iteration {iteration}: val mIoU undefined"
+                    )
                 window_start = time.perf_counter()
             if iteration % config.checkpoint_every == 0 or iteration == total or is_best:
                 final = save(best=is_best)
@@ -365,4 +407,3 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
 
         plot_training_curve(out / "log.jsonl", out / "curve.png")
     return final if final is not None else out / f"ckpt_{state.iteration}"
-

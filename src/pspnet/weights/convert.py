@@ -244,7 +244,11 @@ def _strict_match(
     if unknown or missing or wrong:
         parts = [
             _listing(label, items)
-            for label, items in (("unknown key(s)", unknown), ("missing key(s)", missing), ("shape mismatch(es)", wrong))
+            for label, items in (
+                ("unknown key(s)", unknown),
+                ("missing key(s)", missing),
+                ("shape mismatch(es)", wrong),
+            )
             if items
         ]
         raise ConversionError(f"{path}: cannot convert as --from {source}: " + "; ".join(parts))

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from .config import ModelConfig  # noqa: E402
 from .errors import CheckpointError, ConversionError, DataError  # noqa: E402
 from .models.pspnet import MODELS, PSPNet, build_model  # noqa: E402
+from .segmenter import Segmenter  # noqa: E402
 from .weights.model_file import load_model, save_model  # noqa: E402
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "DataError",
     "ModelConfig",
     "PSPNet",
+    "Segmenter",
     "__version__",
     "build_model",
     "load_model",

@@ -1,4 +1,4 @@
-"""The ``pspnet`` command line: ``info``, ``convert``, ``eval`` and ``data`` (more arrive with their issues).
+"""The ``pspnet`` command line: ``demo``, ``train``, ``eval``, ``predict``, ``convert``, ``info`` and ``data``.
 
 Exit status: 0 on success, 1 when the command ran but failed (bad checkpoint, failed conversion), 2 on usage
 errors (argparse's convention).
@@ -280,8 +280,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pspnet",
-        description="PSPNet (Pyramid Scene Parsing Network) for semantic segmentation: inspect and convert models, "
-        "check data sets, evaluate.",
+        description="PSPNet (Pyramid Scene Parsing Network) for semantic segmentation: train, evaluate, predict, "
+        "convert and inspect models, check data sets. Start with 'pspnet demo'.",
         epilog="Run 'pspnet COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"pspnet {__version__}")

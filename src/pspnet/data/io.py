@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from ..errors import DataError
 from .classes import default_palette
 
-__all__ = ["read_image", "read_image_and_orientation", "read_mask", "write_mask_png", "EXIF_ORIENTATION"]
+__all__ = ["EXIF_ORIENTATION", "read_image", "read_image_and_orientation", "read_mask", "to_rgb8", "write_mask_png"]
 
 # The EXIF tag that says how a camera held the photo: 1 = upright, 2..8 = mirrored and/or rotated.
 EXIF_ORIENTATION = 0x0112
@@ -75,7 +75,7 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
+def to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB from any Pillow mode: grey, palette, alpha (dropped), CMYK, 16-bit and float."""
     mode = image.mode
     if mode == "RGB":
@@ -114,7 +114,7 @@ def read_image_and_orientation(path: str | os.PathLike) -> tuple[np.ndarray, int
             image = ImageOps.exif_transpose(image)
         except Exception as error:  # noqa: BLE001
             raise DataError(f"{path}: cannot apply the EXIF orientation {orientation}: {error}") from error
-    return _to_rgb8(image, path), orientation
+    return to_rgb8(image, path), orientation
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -1,0 +1,593 @@
+"""``pspnet predict``: segment files, folders, globs and videos with a :class:`~pspnet.segmenter.Segmenter`.
+
+Outputs mirror each input's path relative to its folder or glob base (a single file: its name), under ``out``:
+
+- ``NAME.png``: palette PNG of class ids (viewers show colours, :func:`pspnet.data.io.read_mask` gives the ids;
+  a 16-bit grey PNG above 256 classes, which no palette can hold);
+- ``NAME_color.png``: the colour map; with ``overlay`` ``NAME_overlay.png``: the colours blended over the photo with
+  a legend of the classes present; with ``save_proba`` ``NAME_proba.npy``: float16 ``(K, H, W)`` probabilities;
+- a video ``NAME.mp4|.avi|.mov`` gives ``NAME_overlay.mp4|.avi|.mov``, every frame blended with its colours;
+- ``predictions.csv``: one row per image (and per video, over all its frames) with each class's pixel share.
+
+Throughput: the model is loaded once; consecutive images of one size are batched; a small thread pool decodes
+the next images and encodes the finished ones while the network runs. Read-ahead and pending writes are bounded,
+so memory does not grow with the number of inputs.
+
+Bad inputs (missing paths, globs that match nothing, unreadable or non-image files, images without pixels,
+undecodable videos) are reported naming the file and skipped; the rest are still written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .data.classes import DATASETS
+from .data.datasets import IMAGE_SUFFIXES
+from .data.io import write_mask_png
+from .errors import DataError
+from .segmenter import Segmenter, as_rgb_array
+from .visualize import colorize, overlay, with_legend
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "Failure",
+    "InputItem",
+    "PredictReport",
+    "expand_inputs",
+    "load_palette",
+    "predict_inputs",
+]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov")
+# OpenCV codecs per container: mp4v (MPEG-4 part 2) is what OpenCV's own builds write without extra libraries.
+_FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+_MAGIC = re.compile(r"[*?[]")
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One file to predict: its path, the output stem relative to ``out`` (posix, no suffix) and its kind."""
+
+    source: Path
+    name: str
+    video: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that gave no output, and why (the message names the file)."""
+
+    source: str
+    message: str
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_inputs` did: inputs that succeeded, failures, the CSV written and the time taken."""
+
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    csv_path: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+# -- inputs ------------------------------------------------------------------------------------------------------
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _wanted(path: Path) -> bool:
+    """Files a folder or glob expansion predicts: images and videos by suffix, not hidden files."""
+    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and not path.name.startswith(".")
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        path.resolve().relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def _folder_files(folder: Path, exclude: Path | None) -> list[Path]:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file() or _inside(path, exclude):
+            continue
+        if _wanted(path):
+            files.append(path)
+    return files
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder a glob's matches are named relative to: its leading components without wildcards."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if _MAGIC.search(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _stem(relative: Path) -> str:
+    return relative.with_suffix("").as_posix()
+
+
+def expand_inputs(
+    inputs: Sequence[str | os.PathLike], *, exclude: str | os.PathLike | None = None
+) -> tuple[list[InputItem], list[Failure]]:
+    """Files, folders (recursive) and globs (``*``, ``?``, ``[..]``, ``**``; expanded here, so quoted globs work)
+    -> items with mirrored output names, and failures for paths that do not exist or globs that match nothing.
+
+    A file named on its own is always attempted (as a video by its suffix, else as an image); folders and globs
+    contribute images (``IMAGE_SUFFIXES``) and videos (``VIDEO_SUFFIXES``), hidden files left out. Files under
+    ``exclude`` (the output folder) are never inputs. When two inputs would get the same output name (``a.jpg``
+    and ``a.png``), each keeps its suffix in the name (``a_jpg``, ``a_png``); a clash that remains is a failure.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: list[tuple[Path, str]] = []
+    failures: list[Failure] = []
+    for raw in inputs:
+        text = os.fspath(raw)
+        path = Path(text)
+        if path.is_dir():
+            files = _folder_files(path, skip)
+            if not files:
+                failures.append(
+                    Failure(
+                        text, f"{text}: folder holds no images or videos ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})"
+                    )
+                )
+            found += [(f, _stem(f.relative_to(path))) for f in files]
+        elif path.exists():
+            found.append((path, _stem(Path(path.name))))
+        elif _MAGIC.search(text):
+            base = _glob_base(text)
+            matches = []
+            for match in sorted(glob.glob(text, recursive=True)):
+                match_path = Path(match)
+                if match_path.is_dir():
+                    matches += [(f, _stem(f.relative_to(base))) for f in _folder_files(match_path, skip)]
+                elif _wanted(match_path) and not _inside(match_path, skip):
+                    matches.append((match_path, _stem(match_path.relative_to(base))))
+            if not matches:
+                failures.append(Failure(text, f"{text}: the pattern matches no images or videos"))
+            found += matches
+        else:
+            failures.append(Failure(text, f"{text}: no such file or folder"))
+
+    # The same file named twice (a folder and a glob inside it) is predicted once.
+    unique: dict[Path, tuple[Path, str]] = {}
+    for path, name in found:
+        unique.setdefault(path.resolve(), (path, name))
+    entries = list(unique.values())
+    counts: dict[str, int] = {}
+    for _, name in entries:
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    items: list[InputItem] = []
+    taken: dict[str, Path] = {}
+    for path, name in entries:
+        if counts[name.lower()] > 1 and path.suffix:
+            name = f"{name}_{path.suffix[1:].lower()}"
+        if name.lower() in taken:
+            failures.append(
+                Failure(
+                    str(path),
+                    f"{path}: its output name {name!r} is already used by {taken[name.lower()]}; "
+                    "predict it into another --out",
+                )
+            )
+            continue
+        taken[name.lower()] = path
+        items.append(InputItem(path, name, video=_is_video(path)))
+    return items, failures
+
+
+# -- palettes ----------------------------------------------------------------------------------------------------
+
+
+def load_palette(spec: str, num_classes: int) -> list[tuple[int, int, int]]:
+    """A palette from a data set name (``pspnet.data.classes.DATASETS``) or a file: a JSON list of ``[r, g, b]``,
+    or one ``r g b`` per line (commas allowed; blank lines and ``#`` comments ignored).
+
+    Raises ``ValueError`` naming the file or data set when it cannot be read, a colour is not three integers in
+    0..255, or its class count differs from ``num_classes``.
+    """
+    if spec in DATASETS:
+        colours = [tuple(c) for c in DATASETS[spec].palette]
+        what = f"palette {spec!r}"
+    else:
+        path = Path(spec)
+        what = f"palette file {path}"
+        if not path.is_file():
+            raise ValueError(f"{what}: not found (give a data set name, one of {sorted(DATASETS)}, or a file)")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"{what}: cannot read: {error}") from None
+        stripped = text.lstrip()
+        try:
+            if stripped.startswith("["):
+                data = json.loads(text)
+                if not isinstance(data, list):
+                    raise ValueError("expected a JSON list of [r, g, b]")
+                colours = [tuple(c) if isinstance(c, list) else (c,) for c in data]
+            else:
+                colours = []
+                for line in text.splitlines():
+                    line = line.split("#", 1)[0].replace(",", " ").strip()
+                    if line:
+                        colours.append(tuple(int(v) for v in line.split()))
+        except ValueError as error:
+            raise ValueError(f"{what}: not a JSON list of [r, g, b] nor 'r g b' lines: {error}") from None
+        for i, colour in enumerate(colours):
+            if len(colour) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour
+            ):
+                raise ValueError(f"{what}: colour {i} is {list(colour)}; expected three integers in 0..255")
+    if len(colours) != num_classes:
+        raise ValueError(f"{what} has {len(colours)} colours but the model predicts {num_classes} classes")
+    return [(int(r), int(g), int(b)) for r, g, b in colours]
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+
+
+def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through a temporary file in its folder and a rename: never a half-written output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _save_png(path: Path, pixels: np.ndarray) -> None:
+    image = Image.fromarray(pixels)
+    _atomic(path, lambda stream: image.save(stream, format="PNG", compress_level=1))
+
+
+def _write_labels(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    if labels.dtype == np.uint8:
+        write_mask_png(path, labels, palette)
+    else:  # above 256 classes: a 16-bit grey PNG (a palette holds at most 256 colours)
+        image = Image.fromarray(labels.astype(np.uint16))
+        _atomic(path, lambda stream: image.save(stream, format="PNG"))
+
+
+def _shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixel count per class, (K,) int64."""
+    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes].astype(np.int64)
+
+
+@dataclass
+class _Outputs:
+    out: Path
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    overlay: bool
+    alpha: float
+    save_proba: bool
+
+    def write_image(self, item: InputItem, image: np.ndarray, labels: np.ndarray, proba: np.ndarray | None) -> None:
+        base = self.out / item.name
+        _write_labels(base.with_name(base.name + ".png"), labels, self.palette)
+        color = colorize(labels, self.palette)
+        _save_png(base.with_name(base.name + "_color.png"), color)
+        if self.overlay:
+            blend = overlay(image, color, alpha=self.alpha)
+            _save_png(
+                base.with_name(base.name + "_overlay.png"), with_legend(blend, labels, self.classes, self.palette)
+            )
+        if proba is not None:
+            _atomic(base.with_name(base.name + "_proba.npy"), lambda stream: np.save(stream, proba))
+
+
+# -- the pipeline ------------------------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, segmenter: Segmenter, outputs: _Outputs, *, batch: int, workers: int, bar: tqdm):
+        self.segmenter = segmenter
+        self.outputs = outputs
+        self.batch = batch
+        self.workers = workers
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pspnet-predict")
+        self.bar = bar
+        self.report = PredictReport()
+        self.rows: dict[int, list[object]] = {}
+        self.writes: deque[tuple[int, InputItem, Future]] = deque()
+        self.max_pending_writes = 2 * batch + workers
+
+    def fail(self, source: object, message: str) -> None:
+        self.report.failures.append(Failure(str(source), message))
+        self.bar.write(f"error: {message}", file=sys.stderr)
+
+    def _row(self, item: InputItem, height: int, width: int, frames: int, counts: np.ndarray) -> list[object]:
+        total = max(int(counts.sum()), 1)
+        output = f"{item.name}_overlay{item.source.suffix.lower()}" if item.video else f"{item.name}.png"
+        return [str(item.source), output, height, width, frames, *(f"{c / total:.6f}" for c in counts)]
+
+    def _retotal(self, change: int) -> None:
+        if change and self.bar.total is not None:
+            self.bar.total += change
+            self.bar.refresh()
+
+    # images
+
+    def _finish_write(self) -> None:
+        index, item, future = self.writes.popleft()
+        try:
+            future.result()
+        except (OSError, ValueError) as error:
+            self.rows.pop(index, None)
+            self.report.images -= 1
+            self.fail(item.source, f"{item.source}: cannot write its predictions: {error}")
+
+    def _compute(self, chunk: list[tuple[int, InputItem, np.ndarray]]) -> None:
+        proba = self.segmenter.infer([image for _, _, image in chunk])  # (N, K, H, W)
+        labels = self.segmenter.labels(proba)
+        saved = proba.to("cpu").numpy().astype(np.float16) if self.outputs.save_proba else None
+        del proba
+        k = self.segmenter.num_classes
+        for n, (index, item, image) in enumerate(chunk):
+            self.rows[index] = self._row(item, *labels[n].shape, 1, _shares(labels[n], k))
+            self.report.images += 1
+            proba_n = saved[n] if saved is not None else None
+            future = self.pool.submit(self.outputs.write_image, item, image, labels[n], proba_n)
+            self.writes.append((index, item, future))
+            while len(self.writes) > self.max_pending_writes:
+                self._finish_write()
+        self.bar.update(len(chunk))
+
+    def images(self, entries: list[tuple[int, InputItem]]) -> None:
+        """Decode ahead in the pool, batch consecutive images of one size, write in the pool."""
+        pending = iter(entries)
+        reads: deque[tuple[int, InputItem, Future]] = deque()
+        read_ahead = self.batch + self.workers
+        chunk: list[tuple[int, InputItem, np.ndarray]] = []
+
+        def fill() -> None:
+            while len(reads) < read_ahead:
+                entry = next(pending, None)
+                if entry is None:
+                    return
+                reads.append((*entry, self.pool.submit(as_rgb_array, entry[1].source)))
+
+        fill()
+        while reads:
+            index, item, future = reads.popleft()
+            fill()
+            try:
+                image = future.result()
+            except (DataError, ValueError, OSError) as error:
+                text = str(error)
+                self.fail(item.source, text if str(item.source) in text else f"{item.source}: {text}")
+                self.bar.update(1)
+                continue
+            if chunk and chunk[0][2].shape != image.shape:
+                self._compute(chunk)
+                chunk = []
+            chunk.append((index, item, image))
+            if len(chunk) == self.batch:
+                self._compute(chunk)
+                chunk = []
+        if chunk:
+            self._compute(chunk)
+        while self.writes:
+            self._finish_write()
+
+    # videos
+
+    def video(self, index: int, item: InputItem, expected: int) -> None:
+        """Predict every frame and write the overlay video; ``expected`` is the bar's count for it (its frames as
+        the container announces them), corrected as frames are decoded."""
+        import cv2
+
+        capture = cv2.VideoCapture(str(item.source))
+        if not capture.isOpened():
+            self.fail(item.source, f"{item.source}: not a video OpenCV can read")
+            self.bar.update(expected)
+            return
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
+        suffix = item.source.suffix.lower()
+        target = self.outputs.out / f"{item.name}_overlay{suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
+        os.close(handle)
+        writer = None
+        frames = 0
+        counts = np.zeros(self.segmenter.num_classes, dtype=np.int64)
+        size: tuple[int, ...] | None = None
+
+        def read_chunk() -> list[np.ndarray]:
+            chunk = []
+            while len(chunk) < self.batch:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                chunk.append(np.ascontiguousarray(frame[:, :, ::-1]))  # BGR -> RGB
+            return chunk
+
+        upcoming: Future | None = None
+        try:
+            upcoming = self.pool.submit(read_chunk)
+            while True:
+                chunk = upcoming.result()
+                if not chunk:
+                    break
+                upcoming = self.pool.submit(read_chunk)  # decode the next frames while these are predicted
+                if size is None:
+                    size = chunk[0].shape
+                    fourcc = cv2.VideoWriter_fourcc(*_FOURCC[suffix])
+                    writer = cv2.VideoWriter(temporary, fourcc, fps, (size[1], size[0]))
+                    if not writer.isOpened():
+                        raise OSError(f"OpenCV cannot write a {suffix} video with codec {_FOURCC[suffix]}")
+                for n, image in enumerate(chunk):
+                    if image.shape != size:
+                        raise DataError(
+                            f"{item.source}: frame {frames + n} is {image.shape[1]}x{image.shape[0]} but the first "
+                            f"frame is {size[1]}x{size[0]}; a video must keep one frame size"
+                        )
+                labels = self.segmenter.labels(self.segmenter.infer(chunk))
+                for image, frame_labels in zip(chunk, labels):
+                    counts += _shares(frame_labels, self.segmenter.num_classes)
+                    blend = overlay(image, colorize(frame_labels, self.outputs.palette), alpha=self.outputs.alpha)
+                    writer.write(np.ascontiguousarray(blend[:, :, ::-1]))  # RGB -> BGR
+                if frames + len(chunk) > expected:
+                    self._retotal(frames + len(chunk) - max(expected, frames))
+                frames += len(chunk)
+                self.bar.update(len(chunk))
+            if writer is not None:
+                writer.release()
+                writer = None
+            if frames == 0:
+                raise DataError(f"{item.source}: no frames could be decoded")
+            os.replace(temporary, target)
+        except (DataError, ValueError, OSError, cv2.error) as error:
+            text = str(error)
+            self.fail(item.source, text if str(item.source) in text else f"{item.source}: {text}")
+            return
+        finally:
+            if upcoming is not None:  # the reader thread must be done with the capture before it is released
+                with contextlib.suppress(Exception):  # its error, if any, is not the one to report
+                    upcoming.result()
+            capture.release()
+            if writer is not None:
+                writer.release()
+            Path(temporary).unlink(missing_ok=True)
+            self._retotal(-max(expected - frames, 0))  # the bar ends at the frames decoded
+        assert size is not None
+        self.rows[index] = self._row(item, size[0], size[1], frames, counts)
+        self.report.videos += 1
+        self.report.frames += frames
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _frame_count(path: Path) -> int:
+    """The frame count a video's container announces (at least 1; 1 when it cannot be opened)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    return max(count, 1)
+
+
+def predict_inputs(
+    segmenter: Segmenter,
+    inputs: Sequence[str | os.PathLike] | Iterable[InputItem],
+    out: str | os.PathLike,
+    *,
+    overlay: bool = False,
+    alpha: float = 0.5,
+    palette: Sequence[Sequence[int]] | None = None,
+    save_proba: bool = False,
+    batch: int | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> PredictReport:
+    """Predict every input (paths, folders, globs, videos; see :func:`expand_inputs`) and write the outputs
+    described in the module docstring under ``out``. Returns the report; failures are printed on stderr as they
+    happen and listed in ``report.failures``.
+
+    ``palette`` defaults to the segmenter's (the checkpoint's); ``batch`` (default: ``segmenter.max_batch``) is
+    how many images of one size go through the network at once; ``workers`` threads decode and encode files.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    batch = batch or segmenter.max_batch
+    if batch < 1 or workers < 1:
+        raise ValueError(f"batch and workers must be positive, got {batch} and {workers}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    colours = [tuple(int(v) for v in c) for c in (palette if palette is not None else segmenter.palette)]
+    if len(colours) != segmenter.num_classes:
+        raise ValueError(
+            f"the palette has {len(colours)} colours but the model predicts {segmenter.num_classes} classes"
+        )
+    started = time.perf_counter()
+    given = list(inputs)
+    if given and all(isinstance(g, InputItem) for g in given):
+        items, failures = list(given), []
+    else:
+        items, failures = expand_inputs(given, exclude=out)  # type: ignore[arg-type]
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = _Outputs(out, segmenter.classes, colours, overlay, alpha, save_proba)  # type: ignore[arg-type]
+    # The progress bar counts images and video frames, so that its ETA holds for videos too.
+    frame_counts = {index: _frame_count(item.source) for index, item in enumerate(items) if item.video}
+    total = len(items) - len(frame_counts) + sum(frame_counts.values())
+    bar = tqdm(total=total, desc="predict", unit="img", disable=not progress, file=sys.stderr)
+    run = _Run(segmenter, outputs, batch=batch, workers=workers, bar=bar)
+    for failure in failures:
+        run.fail(failure.source, failure.message)
+    try:
+        # Images in runs between videos, so that the order of the inputs is kept and images batch across folders.
+        images: list[tuple[int, InputItem]] = []
+        for index, item in enumerate(items):
+            if item.video:
+                run.images(images)
+                images = []
+                run.video(index, item, frame_counts[index])
+            else:
+                images.append((index, item))
+        run.images(images)
+    finally:
+        run.close()
+        bar.close()
+    report = run.report
+    report.csv_path = out / "predictions.csv"
+    header = ["input", "output", "height", "width", "frames", *segmenter.classes]
+
+    def write_csv(stream: io.BufferedWriter) -> None:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        writer = csv.writer(text)
+        writer.writerow(header)
+        for index in sorted(run.rows):
+            writer.writerow(run.rows[index])
+        text.flush()
+        text.detach()
+
+    _atomic(report.csv_path, write_csv)
+    report.seconds = time.perf_counter() - started
+    return report

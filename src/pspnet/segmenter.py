@@ -1,0 +1,202 @@
+"""``Segmenter``: load a model file once, then predict label maps for photos of any size.
+
+The one inference implementation lives in :mod:`pspnet.inference` (whole image, sliding windows, scales, flip,
+precision); this class turns user inputs into what it takes and its probabilities into label maps::
+
+    from pspnet.segmenter import Segmenter
+
+    segmenter = Segmenter.from_checkpoint("camvid.safetensors")        # device "auto": CUDA, then MPS, then CPU
+    labels = segmenter.predict("street.jpg")                           # (H, W) uint8 class ids at the photo's size
+    proba = segmenter.predict_proba(pil_image)                         # (K, H, W) float32, sums to 1 over K
+    many = segmenter.predict_batch([path, array, pil_image])           # equal sizes go through the network together
+
+An image is a path (``str`` or ``Path``), a PIL image or an ``(H, W, 3) uint8`` RGB numpy array. Paths and PIL
+images are turned upright by their EXIF orientation, as every image viewer shows them; arrays are taken as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from .data.classes import default_palette
+from .data.io import to_rgb8, read_image
+from .inference import InferenceSettings, infer_proba, normalize, resolve_device
+from .models.pspnet import PSPNet
+from .weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_model
+
+__all__ = ["ImageInput", "Segmenter", "as_rgb_array", "size_batches"]
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+def as_rgb_array(image: ImageInput) -> np.ndarray:
+    """An upright ``(H, W, 3) uint8`` RGB array from a path, a PIL image or an RGB uint8 array.
+
+    Paths are read by :func:`pspnet.data.io.read_image` (EXIF orientation applied; a missing or unreadable file is
+    a :class:`~pspnet.errors.DataError` naming it); PIL images get ``ImageOps.exif_transpose`` and the same mode
+    conversions (grey, palette, alpha dropped, 16-bit scaled). A wrongly shaped or typed array or an image without
+    pixels is a ``ValueError``, any other object a ``TypeError``, saying what was expected.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        array = read_image(image)
+        where = f"{os.fspath(image)}: "
+    elif isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"the PIL image has no pixels (size {image.width}x{image.height})")
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except Exception:  # noqa: BLE001 - a malformed EXIF block is no reason to refuse the pixels
+            upright = image
+        array = to_rgb8(upright if upright is not None else image, Path("<PIL image>"))
+        where = ""
+    elif isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"an image array must be RGB (H, W, 3), got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"an image array must be uint8 RGB in [0, 255], got dtype {image.dtype}")
+        array = np.ascontiguousarray(image)
+        where = ""
+    else:
+        raise TypeError(
+            f"an image must be a path, a PIL image or an (H, W, 3) uint8 numpy array, got {type(image).__name__}"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{where}the image has no pixels (size {array.shape[1]}x{array.shape[0]})")
+    return array
+
+
+def size_batches(shapes: Sequence[tuple[int, ...]], max_batch: int) -> list[list[int]]:
+    """Indices of ``shapes`` grouped by equal shape (first-appearance order), each group cut into chunks of at
+    most ``max_batch``: ``size_batches([a, b, a], 4) == [[0, 2], [1]]`` for shapes a != b."""
+    if max_batch < 1:
+        raise ValueError(f"max batch must be positive, got {max_batch}")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(index)
+    return [group[i : i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
+
+
+class Segmenter:
+    """A model in eval mode on its device, with the inference settings and the class names and colours it predicts.
+
+    Build it with :meth:`from_checkpoint`, or from a loaded model: ``Segmenter(model, settings)``; without
+    ``settings`` they come from the model's metadata (crop and base size) with the defaults of
+    :class:`~pspnet.inference.InferenceSettings` otherwise. ``max_batch`` caps how many images of one size go
+    through the network at once in :meth:`predict_batch`.
+    """
+
+    def __init__(self, model: PSPNet, settings: InferenceSettings | None = None, *, max_batch: int = 4):
+        if max_batch < 1:
+            raise ValueError(f"max batch must be positive, got {max_batch}")
+        self.model = model.eval()
+        self.meta: dict[str, Any] = dict(getattr(model, "meta", None) or {})
+        self.settings = settings if settings is not None else InferenceSettings.from_meta(self.meta)
+        self.max_batch = max_batch
+        parameter = next(model.parameters(), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        normalization = self.meta.get("normalization") or {}
+        self.mean = tuple(float(v) for v in normalization.get("mean", IMAGENET_MEAN))
+        self.std = tuple(float(v) for v in normalization.get("std", IMAGENET_STD))
+        k = int(model.num_classes)
+        self.classes: list[str] = list(self.meta.get("classes") or [f"class_{i}" for i in range(k)])
+        self.palette: list[tuple[int, int, int]] = [
+            tuple(int(v) for v in colour) for colour in (self.meta.get("palette") or default_palette(k))
+        ]
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        mode: str = "auto",
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        *,
+        max_batch: int = 4,
+    ) -> Segmenter:
+        """Load a model file or a training run directory (its best, else latest, model) once.
+
+        ``device``: "auto" (CUDA, then Apple MPS, then CPU) or a torch device name. ``precision``: "fp32", "bf16"
+        or "fp16" (autocast). ``mode``: "whole", "slide" or "auto" (sliding windows when a side exceeds the
+        checkpoint's crop after resizing the long side to its base size). ``scales`` and ``flip``: multi-scale and
+        flip averaging of the official test protocol. Crop and base size come from the checkpoint's metadata.
+        """
+        model = load_model(path, device=resolve_device(device))
+        settings = InferenceSettings.from_meta(
+            model.meta, precision=precision, mode=mode, scales=tuple(float(s) for s in scales), flip=bool(flip)
+        )
+        return cls(model, settings, max_batch=max_batch)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    @property
+    def label_dtype(self) -> np.dtype:
+        """uint8 when every class id fits in 8 bits (at most 256 classes), else int32."""
+        return np.dtype(np.uint8 if self.num_classes <= 256 else np.int32)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"Segmenter({self.num_classes} classes on {self.device}, mode {s.mode}, crop {s.crop_size}, base size "
+            f"{s.base_size}, scales {list(s.scales)}, flip {s.flip}, {s.precision}, max batch {self.max_batch})"
+        )
+
+    # -- the one path every prediction takes ---------------------------------------------------------------------
+
+    def infer(self, images: Sequence[np.ndarray]) -> Tensor:
+        """Probabilities ``(N, K, H, W)`` float32 on the model's device for upright RGB uint8 arrays of one size."""
+        if not images:
+            raise ValueError("no images to infer")
+        shape = images[0].shape
+        if any(image.shape != shape for image in images):
+            raise ValueError(f"images of one batch must have one size, got {sorted({i.shape for i in images})}")
+        batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
+        return infer_proba(self.model, normalize(batch, self.mean, self.std), self.settings)
+
+    def labels(self, proba: Tensor) -> np.ndarray:
+        """``(N, K, H, W)`` probabilities -> ``(N, H, W)`` class ids on the CPU (uint8, int32 above 256 classes)."""
+        ids = proba.argmax(1)
+        return ids.to("cpu", torch.uint8 if self.label_dtype == np.uint8 else torch.int32).numpy()
+
+    def _run(self, images: Sequence[ImageInput], max_batch: int | None, want_proba: bool) -> list[np.ndarray]:
+        arrays = [as_rgb_array(image) for image in images]
+        results: list[np.ndarray | None] = [None] * len(arrays)
+        for chunk in size_batches([a.shape for a in arrays], max_batch or self.max_batch):
+            proba = self.infer([arrays[i] for i in chunk])
+            outputs = proba.to("cpu").numpy() if want_proba else self.labels(proba)
+            for k, index in enumerate(chunk):
+                results[index] = outputs[k]
+        return results  # type: ignore[return-value]
+
+    # -- public predictions --------------------------------------------------------------------------------------
+
+    def predict(self, image: ImageInput) -> np.ndarray:
+        """``(H, W)`` class ids (uint8; int32 above 256 classes) at the input's (upright) size."""
+        return self._run([image], 1, want_proba=False)[0]
+
+    def predict_proba(self, image: ImageInput) -> np.ndarray:
+        """``(K, H, W)`` float32 class probabilities at the input's (upright) size."""
+        return self._run([image], 1, want_proba=True)[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], *, max_batch: int | None = None) -> list[np.ndarray]:
+        """Label maps of ``images`` (any mix of sizes and input types), in input order.
+
+        Images of equal size go through the network together, at most ``max_batch`` (default: the segmenter's)
+        at once. A bad image raises before any is predicted.
+        """
+        return self._run(list(images), max_batch, want_proba=False)
+
+    def predict_proba_batch(self, images: Sequence[ImageInput], *, max_batch: int | None = None) -> list[np.ndarray]:
+        """``(K, H, W)`` float32 probabilities of ``images``, batched as in :meth:`predict_batch`."""
+        return self._run(list(images), max_batch, want_proba=True)

@@ -34,11 +34,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .atomic import atomic_open
 from .data.classes import DATASETS
 from .data.datasets import IMAGE_SUFFIXES
 from .data.io import write_mask_png
@@ -263,18 +265,10 @@ def load_palette(spec: str, num_classes: int) -> list[tuple[int, int, int]]:
 # -- writing -----------------------------------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through a temporary file in its folder and a rename: never a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
+    with atomic_open(path, "wb") as handle:
+        write(handle)
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:
     image = Image.fromarray(pixels)
@@ -480,6 +474,7 @@ class _Run:
                 raise DataError(f"{item.source}: no frames could be decoded")
             os.replace(temporary, target)
         except (DataError, ValueError, OSError, cv2.error) as error:
+            Path(temporary).unlink(missing_ok=True)
             text = str(error)
             self.fail(item.source, text if str(item.source) in text else f"{item.source}: {text}")
             return

@@ -12,13 +12,13 @@ Conventions every other module relies on:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..atomic import atomic_open
 from ..errors import DataError
 from .classes import default_palette
 
@@ -154,24 +154,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     )
 
 
-def _atomic_save(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def write_mask_png(
-    path: str | os.PathLike, mask: np.ndarray, palette: Sequence[Sequence[int]] | None = None
-) -> None:
+def write_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> None:
     """Write an (H, W) index mask with values 0..255 as a PNG, atomically (temporary file + rename).
 
     With ``palette`` (RGB triples, at most 256) the file is a palette PNG: viewers show colours, :func:`read_mask`
@@ -197,4 +180,5 @@ def write_mask_png(
         colours += list(default_palette(256)[len(colours) :])
         # putpalette on an 'L' image turns it into a 'P' image whose indices are the mask values, unchanged.
         image.putpalette([value for colour in colours for value in colour])
-    _atomic_save(image, path)
+    with atomic_open(path, "wb") as handle:
+        image.save(handle, format="PNG")

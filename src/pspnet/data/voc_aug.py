@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import atomic_open
 from ..errors import DataError
 from .datasets import LayoutError, find_voc2012
 from .io import read_mask, write_mask_png
@@ -108,25 +108,15 @@ def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
     return segmentation.astype(np.uint8)
 
 
+def _write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise LayoutError("missing_list", path, f"{path}: list file not found")
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def prepare_voc_aug(
@@ -195,7 +185,7 @@ def prepare_voc_aug(
         for _ in pool.map(convert, sources):
             bar.update(1)
     list_file = lists / "train_aug.txt"
-    _write_text_atomic(list_file, "".join(f"{name}\n" for name in names))
+    _write_text(list_file, "".join(f"{name}\n" for name in names))
     from_voc = sum(1 for _, _, v in sources if v)
     return VocAugSummary(
         sbd_train=len(sbd_train),

@@ -8,8 +8,6 @@ be saved as palette PNGs on the way (``pred_dir``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from ..atomic import atomic_open
 from ..data.datasets import SegmentationDataset
 from ..data.io import write_mask_png
 from ..errors import DataError
@@ -84,7 +83,13 @@ def evaluate(
     )  # leaves the global RNG alone
     started = time.perf_counter()
     scored = 0
-    bar = tqdm(loader, total=len(range(rank, count, world)), desc=f"eval {info.name}/{dataset.split}", unit="img", disable=not progress)
+    bar = tqdm(
+        loader,
+        total=len(range(rank, count, world)),
+        desc=f"eval {info.name}/{dataset.split}",
+        unit="img",
+        disable=not progress,
+    )
     for sample in bar:
         image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)[None].to(device)
         probs = infer_proba(model, normalize(image, mean, std), settings)  # (1, K, H, W)
@@ -140,18 +145,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     """Write ``metrics.json``, ``confusion.png`` (row-normalised) and ``per_class_iou.png`` into ``out``."""
     import matplotlib
@@ -161,7 +154,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "confusion.png", out / "per_class_iou.png"]
-    _atomic_write_text(written[0], json.dumps(report, indent=1) + "\n")
+    with atomic_open(written[0], "w") as handle:
+        handle.write(json.dumps(report, indent=1) + "\n")
     names = [r["name"] for r in report["per_class"]]
     k = len(names)
     ticks = k <= 40

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
+from ..atomic import atomic_open
 from ..config import ConfigError, ModelConfig, config_from_dict
 from ..data.classes import DATASETS, default_palette
 from ..errors import CheckpointError
@@ -117,29 +117,6 @@ def _tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_weights_file(path: str | os.PathLike[str], tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
     """Write ``tensors`` and ``meta`` (a JSON-able dict with ``kind``) atomically as a safetensors file."""
     path = Path(path)
@@ -147,7 +124,8 @@ def write_weights_file(path: str | os.PathLike[str], tensors: Mapping[str, Tenso
     meta = dict(meta)
     meta["tensors_sha256"] = _tensors_sha256(tensors)
     data = safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
-    _atomic_write(path, data)
+    with atomic_open(path, "wb", durable=True) as handle:
+        handle.write(data)
     return path
 
 

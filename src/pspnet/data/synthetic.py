@@ -1,28 +1,33 @@
-"""The embedded demo data set: small synthetic scenes where only the whole scene tells two look-alikes apart.
+"""The embedded demo data set: synthetic panoramas where only the far end of the scene tells two look-alikes apart.
 
 PSPNet's motivation (Zhao et al. 2017, Fig. 2) is that local appearance is often ambiguous: a boat on a river and a
 car on a road look alike up close, and only the scene around them decides. These scenes build that ambiguity in on
-purpose, small enough for a first training run on a CPU (128 x 128 by default)::
+purpose, and put the deciding context far away: they are wide panoramas (64 x 512 by default), and the only part
+that differs between the two scene types is a strip at one end::
 
-    +--------------------------------+  sky          the same in every scene
-    |~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~|  scene cue    "shore" (sand) in a lake scene, "forest" in a meadow scene
-    |                                |
-    |     ( )        [o]             |  surface      "water" in a lake scene, "grass" in a meadow scene
-    |          (  )         ( )      |  blobs  ( )   "lily pad" in a lake scene, "bush" in a meadow scene
-    |   [o]          ( )             |  rocks  [o]   "rock" in every scene (a distractor whose label is local)
-    +--------------------------------+
+    +----------------------------------------------------------------------------+  sky: the same in every scene
+    |####|                                                                       |
+    |####|   ( )         [o]                 ( )                   ( )      [o]  |  surface ("water" in a lake,
+    |####|         (  )            ( )                 (  )                      |  "grass" in a meadow), with
+    +----------------------------------------------------------------------------+  blobs ( ) and rocks [o]
+     cue strip: "shore" (sand) in a lake scene, "forest" (trees) in a meadow scene; at the left or the right end
+
+    blobs ( )  "lily pad" in a lake scene, "bush" in a meadow scene
+    rocks [o]  "rock" in every scene (a distractor whose label is local)
 
 Two pairs of classes are *locally indistinguishable by construction*: water and grass are painted by one texture
 generator (teal base, low-frequency blotches, ripples, grain), and lily pads and bushes by another (green, spotted,
-darker rim). Every geometric parameter (horizon heights, number, size, shape and position of blobs and rocks) is
-drawn from the same distribution in both scene types, and a per-image brightness/colour jitter and pixel noise is
-applied to the whole image. So the colour, texture, shape and position of a surface or blob pixel carry no
-information about its label: a classifier that sees only a pixel or a small patch is at chance on each pair.
+darker rim). Every geometric parameter (horizon, width and edge of the cue strip, which end it is at, number, size,
+shape and position of blobs and rocks) is drawn from the same distribution in both scene types, and a per-image
+brightness/colour jitter and pixel noise is applied to the whole image. So the colour, texture, shape and position
+of a surface or blob pixel carry no information about its label: a classifier that sees only a pixel or a small
+patch is at chance on each pair.
 
-What decides is the scene-cue band near the top (sand -> lake, forest -> meadow): a region that is itself easy to
-recognise but lies far from most ambiguous pixels (blobs are centred at least 12% of the image height below it, and
-most surface pixels are tens of pixels away). A network must carry the scene type across the image, which is what
-PSPNet's global pyramid pooling (the 1x1 bin) does.
+What decides is the cue strip (sand -> lake, forest -> meadow), about 12% of the width at one end: a region that
+is itself easy to recognise but lies far from most ambiguous pixels (the median one is about 220 columns away, and
+about 40% are more than 260 columns away, beyond the reach of a dilated ResNet-18 at output stride 8 without
+pyramid pooling). A network must carry the scene type across the whole panorama, which is what PSPNet's global
+pyramid pooling (the 1x1 bin) does.
 
 Public API: ``CLASSES``, ``CLASS_NAMES``, ``PALETTE``, ``SCENE_TYPES``, ``CONTEXT_PAIRS``, ``class_table()``,
 ``make_scene(rng, size)``, ``scene_type(mask)`` and ``write_synthetic_dataset(root, train=..., val=...)``, which writes
@@ -58,8 +63,8 @@ __all__ = [
     "SHORE",
     "SKY",
     "SPLIT_STREAMS",
-    "SyntheticClass",
     "WATER",
+    "SyntheticClass",
     "class_table",
     "make_scene",
     "scene_type",
@@ -80,8 +85,8 @@ class SyntheticClass:
 
 CLASSES: tuple[SyntheticClass, ...] = (
     SyntheticClass("sky", (135, 206, 235), "top of every scene; local appearance decides"),
-    SyntheticClass("shore", (230, 190, 110), "scene cue of a lake scene (sand band); local appearance decides"),
-    SyntheticClass("forest", (20, 110, 40), "scene cue of a meadow scene (tree band); local appearance decides"),
+    SyntheticClass("shore", (230, 190, 110), "scene cue of a lake scene (sand at one end); local appearance decides"),
+    SyntheticClass("forest", (20, 110, 40), "scene cue of a meadow scene (trees at one end); local appearance decides"),
     SyntheticClass("water", (30, 80, 220), "surface of a lake scene; looks exactly like grass: the scene decides"),
     SyntheticClass("grass", (140, 220, 60), "surface of a meadow scene; looks exactly like water: the scene decides"),
     SyntheticClass("lily pad", (240, 80, 180), "blob in a lake scene; looks exactly like a bush: the scene decides"),
@@ -96,7 +101,7 @@ PALETTE: tuple[Color, ...] = tuple(c.color for c in CLASSES)
 SCENE_TYPES: tuple[str, ...] = ("lake", "meadow")
 #: (lake class, meadow class) pairs drawn from one appearance distribution: only the scene type tells them apart
 CONTEXT_PAIRS: tuple[tuple[int, int], ...] = ((WATER, GRASS), (LILY_PAD, BUSH))
-DEFAULT_SIZE: tuple[int, int] = (128, 128)
+DEFAULT_SIZE: tuple[int, int] = (64, 512)
 #: each split draws from its own random stream, so adding a test split never changes train or val
 SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
@@ -233,30 +238,33 @@ def _draw(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, 
     h, w = (int(v) for v in size)
     if h < 16 or w < 16:
         raise ValueError(f"synthetic scenes need at least 16 x 16 pixels, got {h} x {w}")
-    s = min(h, w)
+    s = 2 * min(h, w)  # texture scale: ripple periods, spot and blotch sizes are fractions of it
+    aspect = w / h
     kind = int(rng.integers(len(SCENE_TYPES)))  # 0 lake, 1 meadow; nothing else below depends on it but labels
+    mirror = bool(rng.integers(2))  # the scene is drawn with its cue at the left end, then mirrored half the time
     yy = np.arange(h, dtype=np.float32)[:, None]  # (h, 1)
     xx = np.arange(w, dtype=np.float32)[None, :]  # (1, w)
 
-    # Layout: sky, then the scene-cue band, then the surface; wavy horizons, identical for both scene types.
-    sky_bottom = h * rng.uniform(0.08, 0.15) + _wave(rng, w, 0.015 * h)  # (w,)
-    cue_bottom = sky_bottom + h * rng.uniform(0.11, 0.16) + _wave(rng, w, 0.02 * h)  # (w,)
-    region = np.where(yy < sky_bottom[None, :], 0, np.where(yy < cue_bottom[None, :], 1, 2))  # (h, w)
+    # Layout: sky across the top; below it the scene-cue strip at the left end (a wavy edge down the scene) and the
+    # surface everywhere else. Identical for both scene types.
+    sky_bottom = h * rng.uniform(0.12, 0.22) + _wave(rng, w, 0.03 * h)  # (w,)
+    cue_edge = np.maximum(w * rng.uniform(0.08, 0.12) + _wave(rng, h, 0.015 * w), 3.0)  # (h,) strip width per row
+    region = np.where(yy < sky_bottom[None, :], 0, np.where(xx < cue_edge[:, None], 1, 2))  # (h, w)
     mask = np.choose(region, (SKY, _CUE_LABEL[kind], _SURFACE_LABEL[kind])).astype(np.uint8)
 
     image = _surface(rng, h, w, yy, s)
     image = np.where((region == 0)[..., None], _sky(rng, h, w, yy, float(sky_bottom.mean())), image)
-    # The cue band is the only part drawn differently per scene type. Both generators run (the unused one is
+    # The cue strip is the only part drawn differently per scene type. Both generators run (the unused one is
     # discarded) so that every later random draw is the same whatever the scene type.
     cues = (_shore(rng, h, w, yy, xx, s), _forest(rng, h, w, xx, s))
     image = np.where((region == 1)[..., None], cues[kind], image)
 
-    # Blobs (lily pads / bushes) well below the cue band, then rocks anywhere on the surface, on top of blobs.
-    # Each is drawn in its bounding window only.
-    top = float(cue_bottom.max())
-    for _ in range(int(rng.integers(2, 6))):
-        radius = s * rng.uniform(0.06, 0.12)
-        cy = rng.uniform(min(top + 0.12 * h, 0.9 * h), 0.97 * h)
+    # Blobs (lily pads / bushes) anywhere on the surface below the horizon, then rocks on top of them; their number
+    # grows with the width. Each is drawn in its bounding window only.
+    top = float(sky_bottom.max())
+    for _ in range(int(rng.integers(max(1, round(0.5 * aspect)), max(2, round(aspect)) + 1))):
+        radius = min(h, w) * rng.uniform(0.12, 0.22)
+        cy = rng.uniform(min(top + 0.15 * h, 0.9 * h), 0.95 * h)
         cx = rng.uniform(0.03 * w, 0.97 * w)
         ys, xs = _window(cy, cx, 1.25 * radius, h, w)
         inside, r = _blob(rng, yy[ys], xx[:, xs], cy, cx, radius)
@@ -264,8 +272,8 @@ def _draw(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, 
         texture = _blob_texture(rng, r, s)
         image[ys, xs] = np.where(inside[..., None], texture, image[ys, xs])
         mask[ys, xs][inside] = _BLOB_LABEL[kind]
-    for _ in range(int(rng.integers(1, 4))):
-        radius = s * rng.uniform(0.035, 0.07)
+    for _ in range(int(rng.integers(max(1, round(0.375 * aspect)), max(2, round(0.75 * aspect)) + 1))):
+        radius = min(h, w) * rng.uniform(0.1, 0.18)
         cy = rng.uniform(min(top + 0.05 * h, 0.9 * h), 0.97 * h)
         cx = rng.uniform(0.03 * w, 0.97 * w)
         ys, xs = _window(cy, cx, 1.25 * radius, h, w)
@@ -274,12 +282,14 @@ def _draw(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, 
         texture = _rock_texture(rng, yy[ys] - cy, inside.shape, radius, s)
         image[ys, xs] = np.where(inside[..., None], texture, image[ys, xs])
         mask[ys, xs][inside] = ROCK
+    if mirror:
+        image, mask = image[:, ::-1], mask[:, ::-1]
 
     # Whole-image photometric jitter and sensor noise: the same for both scene types.
     gain = rng.uniform(0.85, 1.15)
     offset = rng.normal(0, 6, size=3).astype(np.float32)
     image = image * gain + offset + 3 * rng.standard_normal((h, w, 3), dtype=np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask, kind
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), np.ascontiguousarray(mask), kind
 
 
 def make_scene(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE) -> tuple[np.ndarray, np.ndarray]:

@@ -552,3 +552,39 @@ def test_resume_run_directory_alone_continues_in_that_directory(tmp_path, data_r
     assert main(["train", "--resume", str(run_dir), "--quiet", "--set", "iterations=2"]) == 0
     assert not (workdir / "runs").exists(), "the resumed run went to ./runs/"
     assert checkpoints(run_dir) == [1, 2]
+
+
+# -- backbone initialisation and channels_last --------------------------------------------------------------------
+
+
+def test_backbone_init_loads_the_imagenet_file_before_training(tmp_path, data_root):
+    """One step at lr 0 (poly: the last step has lr 0) leaves the convolutions exactly as the backbone file has them."""
+    from layouts import to_imagenet
+
+    from pspnet.models.resnet import ResNet
+    from pspnet.weights.convert import convert
+
+    source = ResNet(depth=18, stem="basic")
+    torch.save(to_imagenet(source.state_dict(), deep=False), tmp_path / "resnet18.pth")
+    convert("torchvision", tmp_path / "resnet18.pth", tmp_path / "r18.safetensors")
+    config = tiny_config(
+        data_root, iterations=1, stem="basic", backbone_init=str(tmp_path / "r18.safetensors"), val_split=None
+    )
+    run = tmp_path / "run"
+    train(config, run, progress=False)
+    trained = weights(run / "ckpt_1" / "model.safetensors")
+    for key, value in source.state_dict().items():
+        if key.endswith(".weight") and value.dim() == 4:  # conv weights: untouched by an lr-0 step
+            assert torch.equal(trained[f"backbone.{key}"], value), key
+
+
+def test_channels_last_training_matches_the_default_layout(tmp_path, data_root):
+    base = dict(iterations=2, freeze_bn=True, dropout=0.0, val_split=None)
+    train(tiny_config(data_root, **base), tmp_path / "a", progress=False)
+    train(tiny_config(data_root, channels_last=True, **base), tmp_path / "b", progress=False)
+    assert_close_tensors(
+        weights(tmp_path / "b" / "ckpt_2" / "model.safetensors"),
+        weights(tmp_path / "a" / "ckpt_2" / "model.safetensors"),
+        rtol=1e-4,
+        atol=1e-6,
+    )

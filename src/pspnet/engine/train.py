@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +237,12 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     )
     state = TrainState()
     if checkpoint is not None:
-        state, _saved_config = load_checkpoint(checkpoint, model=model, optimizer=optimizer, device=device)
+        state, saved_config = load_checkpoint(checkpoint, model=model, optimizer=optimizer, device=device)
+        changed = sorted(k for k, v in config.to_dict().items() if k in saved_config and saved_config[k] != v)
+        if changed and dist.is_main:  # allowed (e.g. more workers), but the result is then not the same run
+            warnings.warn(
+                f"resuming {checkpoint} with changed settings {changed}: not an exact continuation", stacklevel=2
+            )
     scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
     if state.scaler and config.precision == "fp16":
         scaler.load_state_dict(state.scaler)
@@ -254,7 +260,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     log = None
     if dist.is_main:
-        resume_from = state.iteration if checkpoint is not None else None
+        resume_from = state.iteration if resume is not None else None  # drop what a killed run logged later
         log = _Log(out / "log.jsonl", resume_from=resume_from, tensorboard=config.tensorboard)
     val_every = config.val_every or config.checkpoint_every
     last_good = str(checkpoint) if checkpoint is not None else None
@@ -387,8 +393,13 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                     state.best_miou, state.best_iteration, is_best = miou, iteration, True
                 if log is not None:
                     log.write(
-                        {"iteration": iteration, "val_mIoU": miou, "val_mAcc": report["mAcc"],
-                         "val_allAcc": report["allAcc"], "val_images": report["images"]}
+                        {
+                            "iteration": iteration,
+                            "val_mIoU": miou,
+                            "val_mAcc": report["mAcc"],
+                            "val_allAcc": report["allAcc"],
+                            "val_images": report["images"],
+                        }
                     )
                     bar.write(
                         f"iteration {iteration}: val mIoU {100 * miou:.2f}"

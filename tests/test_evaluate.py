@@ -107,3 +107,9 @@ def test_sizes_default_to_the_data_set_for_a_checkpoint_made_elsewhere(tmp_path)
     report = _eval(path, tmp_path / "out", "--base-size", "97", "--limit", "1")
     assert report["settings"]["crop_size"] == [360, 480]  # CamVid's, not the checkpoint's 97x97
     assert report["settings"]["base_size"] == 97  # the explicit flag wins
+
+
+def test_native_base_size_keeps_the_image_size(checkpoint, tmp_path):
+    report = _eval(checkpoint, tmp_path, "--mode", "whole", "--base-size", "native", "--limit", "1")
+    assert report["settings"]["base_size"] is None
+    assert np.array(report["confusion"]).sum() > 0

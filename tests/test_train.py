@@ -234,9 +234,9 @@ def test_ddp_two_processes_equal_one_process_accumulating(tmp_path, data_root):
     micro-batches: micro-batch j of process r is the same slice of the step's images as the single process's
     micro-batch j * world + r). BN frozen and dropout 0 for the reason given in the accumulation test.
 
-    Validation is off (val_split null): with it the run deadlocks, see
-    test_ddp_run_with_validation_finishes. SyncBatchNorm (used only on CUDA) needs GPUs and is checked on a GPU
-    machine, not here.
+    Validation is off (val_split null) to keep the comparison about the training steps;
+    test_ddp_run_with_validation_finishes covers validation under torchrun. SyncBatchNorm (used only on CUDA) needs
+    GPUs and is checked on a GPU machine, not here.
     """
     common = {"iterations": 4, "checkpoint_every": 4, "freeze_bn": True, "dropout": 0.0, "val_split": None}
     config = write_config(tmp_path / "ddp.yaml", data_root, accumulate=1, **common)

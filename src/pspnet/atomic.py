@@ -25,6 +25,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, durable: bool
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode of a new file
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

@@ -94,6 +94,39 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+    return text
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _base_size(text: str) -> int | str:
     if text == "native":
         return text
@@ -352,13 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--crop", nargs=2, type=_positive, metavar=("H", "W"), help="sliding-window size (default: model's)"
     )
-    ev.add_argument("--stride-rate", type=float, help="window step as a fraction of the crop (default: 2/3)")
+    ev.add_argument("--stride-rate", type=_fraction, help="window step as a fraction of the crop (default: 2/3)")
     ev.add_argument(
         "--base-size",
         type=_base_size,
         help="long side in pixels at scale 1.0, or 'native' to keep the image size (default: model's)",
     )
-    ev.add_argument("--scales", nargs="+", type=float, help="scales to average (default: 1.0)")
+    ev.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
     ev.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="inference precision (default: fp32)")
     ev.add_argument("--limit", type=_positive, help="evaluate only the first N images")
@@ -366,8 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--exclude", nargs="+", default=[], metavar="PREFIX", help="skip images whose name starts so")
     ev.add_argument("--save-pred", action="store_true", help="save predicted label maps as palette PNGs under --out")
     ev.add_argument("--out", help="write metrics.json, confusion.png and per_class_iou.png here")
-    ev.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
-    ev.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
+    ev.add_argument(
+        "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
+    )
+    ev.add_argument("--workers", type=_non_negative, default=2, help="image-decoding worker processes (default: 2)")
     ev.set_defaults(func=_cmd_eval)
 
     tr = commands.add_parser(
@@ -436,12 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="whole image, sliding windows, or auto: windows only when a side exceeds the checkpoint's crop after "
         "base-size resizing (default: auto)",
     )
-    pr.add_argument("--scales", nargs="+", type=float, help="scales to average (default: 1.0)")
+    pr.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
     pr.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     pr.add_argument(
         "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="inference precision (default: fp32)"
     )
-    pr.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
+    pr.add_argument(
+        "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
+    )
     pr.add_argument("--batch", type=_positive, default=4, help="images of one size per forward pass (default: 4)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)

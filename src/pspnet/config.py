@@ -66,6 +66,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         return float(value)
@@ -202,11 +207,12 @@ def load_train_config(path: str | None, overrides: list[str] | None = None, **ba
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value")
         data[key.strip()] = _parse_scalar(value)
+    where = " + ".join(filter(None, [path, "--set" if overrides else None])) or "config"
     try:
         config = config_from_dict(TrainConfig, data)
     except ConfigError as error:
-        raise ConfigError(f"{path or 'config'}: {error}") from None
-    _validate_train(config, path or "config")
+        raise ConfigError(f"{where}: {error}") from None
+    _validate_train(config, where)
     return config
 
 
@@ -230,3 +236,25 @@ def _validate_train(c: TrainConfig, where: str) -> None:
         fail("batch_size and accumulate must be positive")
     if c.checkpoint_every < 1 or c.keep_last < 1 or c.log_every < 1:
         fail("checkpoint_every, keep_last and log_every must be positive")
+    from .data.datasets import DATASET_READERS
+    from .models.resnet import STAGE_BLOCKS, STEMS
+
+    if c.dataset not in DATASET_READERS:
+        fail(f"dataset must be one of {sorted(DATASET_READERS)}, got {c.dataset!r}")
+    if c.val_mode not in ("auto", "whole", "slide"):
+        fail(f"val_mode must be auto, whole or slide, got {c.val_mode!r}")
+    for key in ("rotate_p", "blur_p", "flip_p", "dropout"):
+        if not 0.0 <= getattr(c, key) <= 1.0:
+            fail(f"{key} must be within [0, 1], got {getattr(c, key)}")
+    if c.depth not in STAGE_BLOCKS:
+        fail(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {c.depth}")
+    if c.stem not in STEMS:
+        fail(f"stem must be one of {sorted(STEMS)}, got {c.stem!r}")
+    if c.output_stride not in (8, 16, 32):
+        fail(f"output_stride must be 8, 16 or 32, got {c.output_stride}")
+    if not c.bins or min(c.bins) < 1:
+        fail(f"bins must be positive integers, got {list(c.bins)}")
+    if c.workers < 0 or (c.val_limit is not None and c.val_limit < 1) or (c.val_every is not None and c.val_every < 1):
+        fail("workers must be >= 0, val_limit and val_every positive")
+    if c.lr < 0 or c.head_lr_mult < 0 or c.weight_decay < 0 or not 0 <= c.momentum < 1:
+        fail("lr, head_lr_mult and weight_decay must be >= 0 and momentum in [0, 1)")

@@ -29,7 +29,8 @@ from .data.datasets import build_dataset
 from .data.synthetic import CONTEXT_PAIRS, class_table, write_synthetic_dataset
 from .engine.evaluate import evaluate, format_table, write_report
 from .engine.train import train
-from .inference import InferenceSettings, infer_proba, normalize
+from .inference import InferenceSettings
+from .segmenter import Segmenter
 from .visualize import colorize, overlay, with_legend
 from .weights.model_file import load_model
 
@@ -60,8 +61,19 @@ DEMO_CONFIG: dict[str, Any] = {
     "workers": 1,
 }
 SCENES = {"train": 400, "val": 60, "test": 8}
-_DEMO_OUTPUTS = ("data", "run", "run_no_ppm", "predictions", "metrics.json", "metrics_no_ppm.json", "confusion.png",
-                 "per_class_iou.png", "curve.png", "curve_no_ppm.png", "index.html")
+_DEMO_OUTPUTS = (
+    "data",
+    "run",
+    "run_no_ppm",
+    "predictions",
+    "metrics.json",
+    "metrics_no_ppm.json",
+    "confusion.png",
+    "per_class_iou.png",
+    "curve.png",
+    "curve_no_ppm.png",
+    "index.html",
+)
 
 
 def demo_config(root: Path, **overrides: Any) -> TrainConfig:
@@ -75,7 +87,9 @@ def _prepare(out: Path, force: bool) -> None:
             raise FileExistsError(f"{out} is not empty; pass --force to replace the demo there, or choose --out")
         unknown = sorted(p.name for p in out.iterdir() if p.name not in _DEMO_OUTPUTS)
         if unknown:
-            raise FileExistsError(f"{out} holds files the demo did not write ({', '.join(unknown[:5])}); not touching it")
+            raise FileExistsError(
+                f"{out} holds files the demo did not write ({', '.join(unknown[:5])}); not touching it"
+            )
         for name in _DEMO_OUTPUTS:
             target = out / name
             if target.is_dir():
@@ -97,17 +111,15 @@ def _predict_scenes(models: dict[str, torch.nn.Module], data_root: Path, out: Pa
     info = test.info
     names, palette = list(info.classes), [tuple(c) for c in info.palette]
     rows = []
-    settings = InferenceSettings(mode="whole")
+    segmenters = {label: Segmenter(model, InferenceSettings(mode="whole")) for label, model in models.items()}
     for index in range(len(test)):
         image, mask = test.load(index)
         name = test.samples[index].name
         row = {"name": name}
         row["image"] = _save_png(image, out / f"{name}_image.png")
         row["truth"] = _save_png(with_legend(colorize(mask, palette), mask, names, palette), out / f"{name}_truth.png")
-        for label, model in models.items():
-            meta = model.meta["normalization"]  # type: ignore[index]
-            x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None], meta["mean"], meta["std"])
-            pred = infer_proba(model, x, settings).argmax(1)[0].numpy().astype(np.uint8)
+        for label, segmenter in segmenters.items():
+            pred = segmenter.predict(image)
             color = colorize(pred, palette)
             row[f"pred{label}"] = _save_png(with_legend(color, pred, names, palette), out / f"{name}_pred{label}.png")
             row[f"overlay{label}"] = _save_png(overlay(image, color, alpha=0.5), out / f"{name}_overlay{label}.png")
@@ -135,18 +147,26 @@ def _write_html(out: Path, report: dict, other: dict | None, rows: list[dict], s
     labels = [""] + (["_no_ppm"] if other else [])
     scene_rows = []
     for row in rows:
-        cells = [f"<figure><img src='predictions/{row['image']}'><figcaption>{html.escape(row['name'])}</figcaption></figure>",
-                 f"<figure><img src='predictions/{row['truth']}'><figcaption>ground truth</figcaption></figure>"]
+        cells = [
+            f"<figure><img src='predictions/{row['image']}'><figcaption>{html.escape(row['name'])}</figcaption></figure>",
+            f"<figure><img src='predictions/{row['truth']}'><figcaption>ground truth</figcaption></figure>",
+        ]
         for label in labels:
             title = "PSPNet" if not label else "without pyramid pooling"
-            cells.append(f"<figure><img src='predictions/{row['pred' + label]}'><figcaption>{title}</figcaption></figure>")
-            cells.append(f"<figure><img src='predictions/{row['overlay' + label]}'><figcaption>{title}, overlay"
-                         "</figcaption></figure>")
+            cells.append(
+                f"<figure><img src='predictions/{row['pred' + label]}'><figcaption>{title}</figcaption></figure>"
+            )
+            cells.append(
+                f"<figure><img src='predictions/{row['overlay' + label]}'><figcaption>{title}, overlay"
+                "</figcaption></figure>"
+            )
         scene_rows.append("<div class='scene'>" + "".join(cells) + "</div>")
     gap = ""
     if other and report["mIoU"] is not None and other["mIoU"] is not None:
-        gap = (f"<p class='gap'>Pyramid pooling: mIoU {100 * report['mIoU']:.1f} vs {100 * other['mIoU']:.1f} "
-               f"without it (gap {100 * (report['mIoU'] - other['mIoU']):+.1f} points, measured on this run).</p>")
+        gap = (
+            f"<p class='gap'>Pyramid pooling: mIoU {100 * report['mIoU']:.1f} vs {100 * other['mIoU']:.1f} "
+            f"without it (gap {100 * (report['mIoU'] - other['mIoU']):+.1f} points, measured on this run).</p>"
+        )
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pspnet demo</title>
@@ -166,16 +186,16 @@ them. Without pyramid pooling every output pixel sees at most about 255 pixels t
 of this network), so the far part of each panorama cannot see the cue; the global pooling can carry it across.
 That is the global context pyramid pooling brings.</p>
 <pre>{html.escape(class_table())}</pre>
-<h2>Validation ({report.get('scored_images', '?')} scenes)</h2>
+<h2>Validation ({report.get("scored_images", "?")} scenes)</h2>
 {gap}
 {_html_metrics(report, other)}
-<p>Time: {html.escape(timing)}. Files: <a href="metrics.json">metrics.json</a>{', <a href="metrics_no_ppm.json">metrics_no_ppm.json</a>' if other else ''}.</p>
+<p>Time: {html.escape(timing)}. Files: <a href="metrics.json">metrics.json</a>{', <a href="metrics_no_ppm.json">metrics_no_ppm.json</a>' if other else ""}.</p>
 <h2>Training curve</h2><img src="curve.png" style="max-height:none">
-{'<img src="curve_no_ppm.png" style="max-height:none">' if other else ''}
+{'<img src="curve_no_ppm.png" style="max-height:none">' if other else ""}
 <h2>Per-class IoU and confusion matrix</h2><img src="per_class_iou.png" style="max-height:none">
 <img src="confusion.png" style="max-height:500px">
 <h2>Held-out scenes</h2>
-{''.join(scene_rows)}
+{"".join(scene_rows)}
 </body></html>
 """
     path = out / "index.html"
@@ -183,8 +203,9 @@ That is the global context pyramid pooling brings.</p>
     return path
 
 
-def run_demo(out: Path, *, force: bool = False, ablation: bool = False, progress: bool = True,
-             iterations: int | None = None) -> dict[str, Any]:
+def run_demo(
+    out: Path, *, force: bool = False, ablation: bool = False, progress: bool = True, iterations: int | None = None
+) -> dict[str, Any]:
     """Run the demo into ``out``; returns ``{"mIoU": ..., "mIoU_no_ppm": ..., "index": path, ...}``.
 
     ``iterations`` overrides the training length (tests use a handful).

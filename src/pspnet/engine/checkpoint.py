@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights.model_file import FORMAT_VERSION, read_weights_file, save_model, write_weights_file
+from ..weights.model_file import FORMAT_VERSION, check_state_dict, read_weights_file, save_model, write_weights_file
 
-__all__ = ["TrainState", "latest_checkpoint", "load_checkpoint", "repair_run_dir", "save_checkpoint"]
+__all__ = ["TrainState", "latest_checkpoint", "load_checkpoint", "repair_run_dir", "rng_state", "save_checkpoint"]
 
 _CKPT = re.compile(r"ckpt_(\d+)")
 
@@ -56,12 +56,12 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
     return tensors
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    tensors = {"rng.torch": torch.get_rng_state()}
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's random state: the CPU generator and, when CUDA is in use, its current device's."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-    return tensors
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def save_checkpoint(
@@ -73,9 +73,13 @@ def save_checkpoint(
     state: TrainState,
     config: dict[str, Any],
     keep_last: int,
+    rng_states: list[dict[str, torch.Tensor]],
     best: bool = False,
 ) -> Path:
-    """Write ``run_dir/ckpt_{iteration}`` (and ``best/`` when ``best``); delete all but the last ``keep_last``."""
+    """Write ``run_dir/ckpt_{iteration}`` (and ``best/`` when ``best``); delete all but the last ``keep_last``.
+
+    ``rng_states[r]`` is the :func:`rng_state` of process r (one entry in a single process).
+    """
     final = run_dir / f"ckpt_{state.iteration}"
     tmp = run_dir / f".ckpt_{state.iteration}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -93,7 +97,8 @@ def save_checkpoint(
         "scaler": state.scaler,
         "config": config,
     }
-    write_weights_file(tmp / "state.safetensors", {**_optimizer_tensors(optimizer), **_rng_tensors()}, info)
+    rng = {f"rng.{name}.{rank}": value for rank, states in enumerate(rng_states) for name, value in states.items()}
+    write_weights_file(tmp / "state.safetensors", {**_optimizer_tensors(optimizer), **rng}, info)
     if best:  # best/ is in place before the checkpoint that records it appears (a kill in between loses nothing)
         staging = run_dir / ".best.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,9 +141,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(
-    checkpoint: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+    checkpoint: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, rank: int = 0
 ) -> tuple[TrainState, dict[str, Any]]:
-    """Restore weights, optimiser buffers and RNG states from ``checkpoint`` (a ``ckpt_N`` directory).
+    """Restore weights, optimiser buffers and process ``rank``'s RNG states from ``checkpoint`` (a ``ckpt_N``).
 
     Returns the counters and the run config saved with it.
     """
@@ -146,9 +151,7 @@ def load_checkpoint(
     tensors, info = read_weights_file(checkpoint / "state.safetensors")
     if info.get("kind") != "train_state":
         raise CheckpointError(f"{checkpoint / 'state.safetensors'}: not a training state")
-    missing = set(model.state_dict()) ^ set(weights)
-    if missing:
-        raise CheckpointError(f"{checkpoint}: the model does not match the run's weights: {sorted(missing)[:10]}")
+    check_state_dict(checkpoint / "model.safetensors", weights, model.state_dict())  # names keys and shapes
     model.load_state_dict(weights)
     for g, group in enumerate(optimizer.param_groups):
         for p, param in enumerate(group["params"]):
@@ -158,11 +161,11 @@ def load_checkpoint(
                 if value.shape != param.shape:
                     raise CheckpointError(f"{checkpoint}: optimiser state {key} does not fit its parameter")
                 optimizer.state[param][key[len(prefix) :]] = value.to(device)
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-    cuda_states = [tensors[k] for k in cuda_keys]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    if f"rng.torch.{rank}" not in tensors:
+        raise CheckpointError(f"{checkpoint}: no random state for process {rank} (saved with fewer processes)")
+    torch.set_rng_state(tensors[f"rng.torch.{rank}"])
+    if f"rng.cuda.{rank}" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], device)
     state = TrainState(
         iteration=int(info["iteration"]),
         epoch=int(info["epoch"]),

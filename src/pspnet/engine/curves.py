@@ -15,7 +15,12 @@ def plot_training_curve(log_path: Path, png_path: Path) -> Path | None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in log_path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut short by a killed run
+            continue
     train = [r for r in records if "loss" in r and isinstance(r["loss"], (int, float))]
     val = [r for r in records if r.get("val_mIoU") is not None]
     if not train:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "setup"]
+__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "gather_objects", "rank_and_world", "setup"]
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,36 @@ def setup(device: torch.device) -> DistInfo:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all processes in place (identity in a single process); returns it."""
-    if dist.is_available() and dist.is_initialized():
+    """Sum ``tensor`` over all processes in place (identity in a single process); returns it.
+
+    NCCL reduces only CUDA tensors: a CPU tensor goes through this process's GPU and back.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    if "nccl" in str(dist.get_backend()).lower() and tensor.device.type != "cuda":
+        work = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        tensor.copy_(work.to(tensor.device))
+    else:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_objects(obj: object) -> list[object]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` in a single process)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    out: list[object] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

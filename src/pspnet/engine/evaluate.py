@@ -24,6 +24,8 @@ from ..data.io import write_mask_png
 from ..errors import DataError
 from ..inference import InferenceSettings, infer_proba, normalize
 from ..models.pspnet import PSPNet
+from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD
+from .distributed import all_reduce_sum, rank_and_world
 from .metrics import BoundaryIoU, ConfusionMatrix, metrics_report
 
 __all__ = ["evaluate", "format_table", "write_report"]
@@ -61,8 +63,8 @@ def evaluate(
             f"{info.num_classes}"
         )
     normalization = model.meta.get("normalization") or {}
-    mean = normalization.get("mean", (123.675, 116.28, 103.53))
-    std = normalization.get("std", (58.395, 57.12, 57.375))
+    mean = normalization.get("mean", IMAGENET_MEAN)
+    std = normalization.get("std", IMAGENET_STD)
     device = torch.device(device)
     model.eval()
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -70,9 +72,7 @@ def evaluate(
         raise DataError(f"data set {info.name!r} split {dataset.split!r} at {dataset.root} has no images")
     confusion = ConfusionMatrix(info.num_classes, ignore_index=info.ignore_index, device=device)
     boundary = BoundaryIoU(info.num_classes, ignore_index=info.ignore_index, device=device)
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = rank_and_world()
     progress = progress and rank == 0
     loader = DataLoader(
         Subset(dataset, range(rank, count, world)),
@@ -107,10 +107,7 @@ def evaluate(
             bar.set_postfix(mIoU=f"{100 * miou:.1f}" if miou is not None else "-")
     confusion.all_reduce()
     boundary.all_reduce()
-    scored_total = torch.tensor(scored, dtype=torch.int64, device=device)
-    if world > 1:
-        torch.distributed.all_reduce(scored_total)
-    scored = int(scored_total)
+    scored = int(all_reduce_sum(torch.tensor(scored, dtype=torch.int64)))
     report = metrics_report(confusion, boundary, list(info.classes))
     report["settings"] = {
         **asdict(settings),

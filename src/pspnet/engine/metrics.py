@@ -59,6 +59,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .distributed import all_reduce_sum
+
 __all__ = [
     "BoundaryIoU",
     "ConfusionMatrix",
@@ -110,20 +112,6 @@ def _labels(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -
     return pred, target, valid
 
 
-def _all_reduce_sum_(t: Tensor) -> Tensor:
-    """Sum ``t`` in place across processes when a process group is initialised; a no-op otherwise."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return t
-    # NCCL only reduces CUDA tensors: move a CPU accumulator to this process's GPU and back.
-    if "nccl" in str(dist.get_backend()).lower() and t.device.type != "cuda":
-        work = t.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(work, op=dist.ReduceOp.SUM)
-        t.copy_(work.to(t.device))
-    else:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
 class _Reducible:
     """Accumulators whose ``all_reduce`` may be called any number of times (each call reduces only what was added
     since the previous one), as long as every process calls it the same number of times."""
@@ -142,7 +130,7 @@ class _Reducible:
         if not (dist.is_available() and dist.is_initialized()):
             return
         state = self._state()
-        delta = _all_reduce_sum_(state - self._reduced)  # what this process added since the last reduction
+        delta = all_reduce_sum(state - self._reduced)  # what this process added since the last reduction
         self._set_state(self._reduced + delta)
         self._reduced = self._state().clone()
 

@@ -15,6 +15,7 @@ so the gradient is that of the step's mean loss however the batch is split.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import time
@@ -29,15 +30,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..atomic import atomic_open
 from ..config import ConfigError, TrainConfig
-from ..data.classes import DATASETS
 from ..data.datasets import SegmentationDataset, build_dataset, collate
 from ..data.transforms import paper_train_transform
 from ..inference import InferenceSettings, normalize, resolve_device
 from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, make_meta
 from . import distributed
-from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, save_checkpoint
+from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, rng_state, save_checkpoint
 from .losses import loss_sum
 
 __all__ = ["NonFiniteLossError", "param_groups", "poly_lr", "step_batches", "train"]
@@ -96,14 +97,20 @@ class _Log:
     def __init__(self, path: Path, *, resume_from: int | None, tensorboard: bool):
         self.path = path
         if resume_from is not None and path.exists():  # drop what the interrupted run logged after the checkpoint
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= resume_from]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by the kill
+                    continue
+                if record.get("iteration", 0) <= resume_from:
+                    kept.append(line)
+            with atomic_open(path, "w") as handle:
+                handle.write("".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
+            from torch.utils.tensorboard import SummaryWriter
+
             self.writer = SummaryWriter(str(path.parent / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -138,7 +145,7 @@ def _validate(model: PSPNet, dataset: SegmentationDataset, config: TrainConfig, 
 
     settings = InferenceSettings(
         mode=config.val_mode,
-        crop_size=tuple(config.crop_size),
+        crop_size=dataset.info.crop_size,
         base_size=dataset.info.base_size,
         precision=config.precision,
     )
@@ -161,10 +168,11 @@ def train(
     """
     device = resolve_device(config.device)
     dist = distributed.setup(device)
-    device = dist.device
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(config, Path(out), resume, progress, dist)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         distributed.cleanup()
 
 
@@ -179,6 +187,11 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             f"{dist.world_size} processes"
         )
     micro_batch = int(global_micro)
+    if config.tensorboard:  # checked on every process before any collective call
+        try:
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError:
+            raise ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed + dist.rank)  # dropout differs per process; data order does not
@@ -186,7 +199,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     checkpoint = _resolve_resume(resume, out) if resume is not None else None
     if resume is not None and dist.is_main and out.is_dir():
         repair_run_dir(out)
-    if checkpoint is None and dist.is_main and out.exists() and latest_checkpoint(out) is not None:
+    if checkpoint is None and out.exists() and latest_checkpoint(out) is not None:  # every process refuses alike
         raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
 
     augment = paper_train_transform(
@@ -203,6 +216,13 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     val_set = None
     if config.val_split:
         val_set = build_dataset(config.dataset, config.root, config.val_split).select(include=config.val_include)
+    for split_set in (train_set, val_set):
+        unlabelled = [s.name for s in split_set.samples if s.mask is None] if split_set is not None else []
+        if unlabelled:
+            raise ConfigError(
+                f"split {split_set.split!r} of {config.root} has {len(unlabelled)} image(s) without masks (e.g. "
+                f"{unlabelled[0]}); training and validation need labelled splits"
+            )
     info = train_set.info
     if info.ignore_index != config.ignore_index:
         raise ConfigError(f"ignore_index {config.ignore_index} differs from the data set's {info.ignore_index}")
@@ -214,11 +234,10 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     model = build_model(config.model_config(info.num_classes))
     meta = make_meta(
         model.config,
-        dataset=info.name if info.name in DATASETS and DATASETS[info.name].num_classes == info.num_classes else None,
         classes=list(info.classes),
         palette=[list(c) for c in info.palette],
         ignore_index=info.ignore_index,
-        crop_size=tuple(config.crop_size),
+        crop_size=info.crop_size,  # the data set's inference protocol (CamVid: the whole 360x480 image)
         base_size=info.base_size,
         source={"from": "pspnet train", "run": str(out)},
     )
@@ -237,7 +256,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     )
     state = TrainState()
     if checkpoint is not None:
-        state, saved_config = load_checkpoint(checkpoint, model=model, optimizer=optimizer, device=device)
+        state, saved_config = load_checkpoint(
+            checkpoint, model=model, optimizer=optimizer, device=device, rank=dist.rank
+        )
         changed = sorted(k for k, v in config.to_dict().items() if k in saved_config and saved_config[k] != v)
         if changed and dist.is_main:  # allowed (e.g. more workers), but the result is then not the same run
             warnings.warn(
@@ -276,6 +297,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                 f"weights or BatchNorm statistics became non-finite by iteration {state.iteration} (the loss was still "
                 f"finite); not saved. Last good checkpoint: {last_good or 'none (no checkpoint was written yet)'}"
             )
+        rng_states = distributed.gather_objects(rng_state())  # every process's own random state
         path = None
         if dist.is_main:
             path = save_checkpoint(
@@ -286,6 +308,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                 state=state,
                 config=config.to_dict(),
                 keep_last=config.keep_last,
+                rng_states=rng_states,  # type: ignore[arg-type]
                 best=best,
             )
             last_good = str(path)

@@ -35,6 +35,7 @@ from ..models.resnet import ResNet
 
 __all__ = [
     "FORMAT_VERSION",
+    "check_state_dict",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "load_backbone_weights",
@@ -228,7 +229,8 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     )
 
 
-def _check_keys(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
+def check_state_dict(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
+    """Raise a CheckpointError naming ``path`` and every unknown, missing or mis-shaped key."""
     unknown = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     wrong = [
@@ -238,7 +240,7 @@ def _check_keys(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[str
     ]
     if unknown or missing or wrong:
         raise CheckpointError(
-            f"{path}: weights do not fit the model described by its metadata: "
+            f"{path}: weights do not fit the model: "
             f"unknown keys {unknown[:10]}, missing keys {missing[:10]}, shape mismatches {wrong[:10]}"
         )
 
@@ -263,7 +265,7 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
         raise CheckpointError(f"{path}: invalid model config in metadata: {error}") from None
     with torch.device("meta"):  # no random initialisation: every tensor comes from the file
         model = build_model(config)
-    _check_keys(path, tensors, model.state_dict())
+    check_state_dict(path, tensors, model.state_dict())
     model.load_state_dict(tensors, strict=True, assign=True)
     model.to(device).eval()
     model.meta = meta
@@ -282,6 +284,6 @@ def load_backbone_weights(backbone: ResNet, path: str | os.PathLike[str]) -> dic
             f"{path}: backbone ResNet-{spec.get('depth')} stem {spec.get('stem')!r} does not match the model's "
             f"ResNet-{backbone.depth} stem {backbone.stem_type!r}"
         )
-    _check_keys(path, tensors, backbone.state_dict())
+    check_state_dict(path, tensors, backbone.state_dict())
     backbone.load_state_dict(tensors, strict=True)
     return meta

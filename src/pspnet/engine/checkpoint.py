@@ -14,7 +14,6 @@ only whole checkpoints behind.
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,17 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights.model_file import FORMAT_VERSION, check_state_dict, read_weights_file, save_model, write_weights_file
+from ..weights.model_file import (
+    FORMAT_VERSION,
+    check_state_dict,
+    read_weights_file,
+    run_checkpoints,
+    save_model,
+    write_weights_file,
+)
 
 __all__ = ["TrainState", "latest_checkpoint", "load_checkpoint", "repair_run_dir", "rng_state", "save_checkpoint"]
 
-_CKPT = re.compile(r"ckpt_(\d+)")
 
 
 @dataclass
@@ -112,18 +117,9 @@ def save_checkpoint(
     if final.exists():  # left by an earlier attempt of the same iteration
         shutil.rmtree(final)
     tmp.rename(final)
-    for _, stale in _numbered(run_dir)[:-keep_last]:
+    for _, stale in run_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(stale)
     return final
-
-
-def _numbered(run_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    for path in run_dir.glob("ckpt_*"):
-        match = _CKPT.fullmatch(path.name)
-        if match and path.is_dir():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
 
 
 def repair_run_dir(run_dir: Path) -> None:
@@ -136,7 +132,7 @@ def repair_run_dir(run_dir: Path) -> None:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The ``ckpt_N`` directory of ``run_dir`` with the largest N, or None."""
-    found = _numbered(run_dir)
+    found = run_checkpoints(run_dir)
     return found[-1][1] if found else None
 
 

@@ -206,6 +206,16 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
     return tensors, meta
 
 
+def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(N, run_dir/ckpt_N)`` for every checkpoint directory of a training run, sorted by N."""
+    found = []
+    for path in run_dir.glob("ckpt_*"):
+        match = re.fullmatch(r"ckpt_(\d+)", path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
 def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     """A model file, or for a training run directory its ``best/``, else its latest ``ckpt_N/`` model file."""
     path = Path(path)
@@ -214,13 +224,9 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     best = path / "best" / "model.safetensors"
     if best.is_file():
         return best
-    numbered = []
-    for candidate in path.glob("ckpt_*/model.safetensors"):
-        match = re.fullmatch(r"ckpt_(\d+)", candidate.parent.name)
-        if match:
-            numbered.append((int(match.group(1)), candidate))
+    numbered = [d / "model.safetensors" for _, d in run_checkpoints(path) if (d / "model.safetensors").is_file()]
     if numbered:
-        return max(numbered)[1]
+        return numbered[-1]
     if (path / "model.safetensors").is_file():
         return path / "model.safetensors"
     raise CheckpointError(

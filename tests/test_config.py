@@ -20,6 +20,7 @@ def test_yaml_1_1_exponent_floats_are_numbers(tmp_path):
     "override, named",
     [
         ("val_mode=slid", "val_mode"),
+        ("class_weighting=inverse", "class_weighting"),
         ("dataset=ade", "dataset"),
         ("rotate_p=1.5", "rotate_p"),
         ("depth=42", "depth"),

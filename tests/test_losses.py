@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from pspnet.engine.losses import AUX_WEIGHT, cross_entropy, pspnet_loss
+from pspnet.engine.losses import (
+    AUX_WEIGHT,
+    cross_entropy,
+    label_weight_sum,
+    loss_sum,
+    median_frequency_weights,
+    pspnet_loss,
+)
 
 
 def _naive_ce(logits, target, ignore=255):
@@ -54,3 +61,47 @@ def test_bf16_logits_are_reduced_in_float32():
     loss = cross_entropy(logits.bfloat16(), target)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(_naive_ce(logits.bfloat16().float(), target), rel=1e-5)
+
+
+# -- class weighting (median frequency) ---------------------------------------------------------------------------
+
+
+def test_weighted_loss_sum_and_divisor_against_naive_float64():
+    torch.manual_seed(3)
+    n, k, h, w = 2, 4, 5, 6
+    main, aux = torch.randn(n, k, h, w) * 3, torch.randn(n, k, h, w) * 3
+    target = torch.randint(0, k, (n, h, w))
+    target[0, :2] = 255
+    class_weights = torch.tensor([0.25, 1.0, 3.5, 8.0])
+    total, divisor = 0.0, 0.0
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                label = int(target[b, i, j])
+                if label == 255:
+                    continue
+                wt = float(class_weights[label])
+                divisor += wt
+                for factor, logits in ((1.0, main), (0.4, aux)):
+                    scores = [float(logits[b, c, i, j]) for c in range(k)]
+                    top = max(scores)
+                    total += factor * wt * (top + math.log(sum(math.exp(s - top) for s in scores)) - scores[label])
+    assert float(loss_sum((main, aux), target, class_weights=class_weights)) == pytest.approx(total, rel=1e-5)
+    got_divisor = label_weight_sum(target, class_weights=class_weights)
+    assert got_divisor.dtype == torch.float64 and float(got_divisor) == pytest.approx(divisor, rel=1e-12)
+    # without weights the divisor is the labelled pixel count, and all-ones weights change nothing
+    assert float(label_weight_sum(target)) == int((target != 255).sum())
+    ones = loss_sum((main, aux), target, class_weights=torch.ones(k))
+    assert float(ones) == pytest.approx(float(loss_sum((main, aux), target)), rel=1e-6)
+
+
+def test_median_frequency_weights_hand_worked():
+    # class 0 in images of 100 + 100 labelled pixels with 50 + 30 of its own: freq 80 / 200 = 0.4
+    # class 1 in one image of 100 pixels, 10 of its own: freq 0.1; class 2: 60 / 100 = 0.6; class 3 never appears
+    weights = median_frequency_weights([80, 10, 60, 0], [200, 100, 100, 0])
+    # median of (0.4, 0.1, 0.6) is 0.4: weights 0.4/0.4, 0.4/0.1, 0.4/0.6, and 1 for the absent class
+    assert weights == pytest.approx([1.0, 4.0, 2.0 / 3.0, 1.0])
+    with pytest.raises(ValueError, match="no class"):
+        median_frequency_weights([0, 0], [0, 0])
+    with pytest.raises(ValueError, match="2 class pixel counts but 3"):
+        median_frequency_weights([1, 2], [3, 4, 5])

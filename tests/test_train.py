@@ -43,8 +43,9 @@ from pspnet.config import ConfigError, load_train_config
 from pspnet.data.datasets import build_dataset
 from pspnet.engine import checkpoint as checkpoint_module
 from pspnet.engine.evaluate import evaluate
-from pspnet.engine.losses import loss_sum
-from pspnet.engine.train import NonFiniteLossError, param_groups, poly_lr, train
+from pspnet.data.io import read_mask
+from pspnet.engine.losses import loss_sum, median_frequency_weights
+from pspnet.engine.train import NonFiniteLossError, class_pixel_statistics, param_groups, poly_lr, train
 from pspnet.inference import InferenceSettings
 from pspnet.weights.model_file import read_weights_file
 
@@ -224,6 +225,38 @@ def test_accumulation_equals_one_big_batch_with_frozen_batchnorm(tmp_path, data_
     live = train(tiny_config(data_root, accumulate=2, freeze_bn=False, **common), tmp_path / "live", progress=False)
     with pytest.raises(AssertionError):
         assert_close_tensors(weights(live / "model.safetensors"), weights(one / "model.safetensors"), rtol=1e-3)
+
+
+def test_class_pixel_statistics_count_every_mask_pixel(data_root):
+    dataset = build_dataset("folder", data_root, "train")
+    class_pixels, present = [0, 0, 0], [0, 0, 0]
+    for name in sorted((data_root / "masks" / "train").iterdir()):
+        mask = read_mask(name)
+        labelled = int((mask != 255).sum())
+        for c in range(3):
+            count = int((mask == c).sum())
+            class_pixels[c] += count
+            present[c] += labelled if count else 0
+    assert class_pixel_statistics(dataset) == (class_pixels, present)
+    assert 0 < class_pixels[1] < present[1]  # the counts are not trivially equal
+
+
+def test_median_frequency_weighting_is_logged_and_split_independent(tmp_path, data_root):
+    """With class_weighting median_frequency the step's loss is divided by the summed pixel weights of the whole
+    step, so 2 accumulated micro-batches still equal one batch (BN frozen, dropout 0, as above); the weights are
+    those of the training masks and change the result."""
+    common = {"iterations": 3, "checkpoint_every": 3, "dropout": 0.0, "val_split": None, "freeze_bn": True}
+    weighted = {**common, "class_weighting": "median_frequency"}
+    one = train(tiny_config(data_root, accumulate=1, **weighted), tmp_path / "w1", progress=False)
+    two = train(tiny_config(data_root, accumulate=2, **weighted), tmp_path / "w2", progress=False)
+    assert_close_tensors(weights(two / "model.safetensors"), weights(one / "model.safetensors"), rtol=1e-5, atol=1e-12)
+    logged = [r for r in read_log(tmp_path / "w1") if r.get("event") == "class weights"]
+    expected = median_frequency_weights(*class_pixel_statistics(build_dataset("folder", data_root, "train")))
+    assert len(logged) == 1 and [logged[0][name] for name in CLASSES] == pytest.approx(expected, abs=1e-4)
+    assert max(expected) / min(expected) > 1.5  # the shapes data set is unbalanced: the weighting has an effect
+    plain = train(tiny_config(data_root, accumulate=1, **common), tmp_path / "plain", progress=False)
+    with pytest.raises(AssertionError):
+        assert_close_tensors(weights(plain / "model.safetensors"), weights(one / "model.safetensors"), rtol=1e-3)
 
 
 # -- 6. two processes under torchrun ------------------------------------------------------------------------------

@@ -147,6 +147,7 @@ class TrainConfig:
     poly_power: float = 0.9
     aux_weight: float = 0.4
     ignore_index: int = 255
+    class_weighting: str = "none"  # none (official) | median_frequency (computed from the training masks at start)
     iterations: int | None = None  # budget in optimiser steps; or
     epochs: int | None = None  # budget in passes over the training split
     # speed
@@ -241,6 +242,8 @@ def _validate_train(c: TrainConfig, where: str) -> None:
 
     if c.dataset not in DATASET_READERS:
         fail(f"dataset must be one of {sorted(DATASET_READERS)}, got {c.dataset!r}")
+    if c.class_weighting not in ("none", "median_frequency"):
+        fail(f"class_weighting must be none or median_frequency, got {c.class_weighting!r}")
     if c.val_mode not in ("auto", "whole", "slide"):
         fail(f"val_mode must be auto, whole or slide, got {c.val_mode!r}")
     for key in ("rotate_p", "blur_p", "flip_p", "dropout"):

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "cross_entropy", "loss_sum", "pspnet_loss"]
+__all__ = [
+    "AUX_WEIGHT",
+    "IGNORE_INDEX",
+    "cross_entropy",
+    "label_weight_sum",
+    "loss_sum",
+    "median_frequency_weights",
+    "pspnet_loss",
+]
 
 AUX_WEIGHT = 0.4  # Zhao et al. 2017, section 4.1: the auxiliary loss is weighted 0.4
 IGNORE_INDEX = 255
@@ -46,16 +57,46 @@ def loss_sum(
     *,
     aux_weight: float = AUX_WEIGHT,
     ignore_index: int = IGNORE_INDEX,
+    class_weights: Tensor | None = None,
 ) -> Tensor:
     """``sum CE(main) + aux_weight * sum CE(aux)`` over the labelled pixels (float32, not yet averaged).
 
-    Training divides it by the number of labelled pixels of the whole optimiser step, counted over every micro-batch
-    and every process, so that the gradient does not depend on how a batch is split across them.
+    With ``class_weights`` (K,) each pixel's term is multiplied by the weight of its label. Training divides the
+    sum by :func:`label_weight_sum` of the whole optimiser step (every micro-batch, every process), so that the
+    gradient is that of the step's weighted mean loss however a batch is split.
     """
     if isinstance(outputs, Tensor):
         outputs = (outputs,)  # type: ignore[assignment]
-    total = F.cross_entropy(outputs[0].float(), target.long(), ignore_index=ignore_index, reduction="sum")
+    weight = None if class_weights is None else class_weights.float()
+    kwargs = {"ignore_index": ignore_index, "reduction": "sum", "weight": weight}
+    total = F.cross_entropy(outputs[0].float(), target.long(), **kwargs)
     if len(outputs) > 1:
-        aux = F.cross_entropy(outputs[1].float(), target.long(), ignore_index=ignore_index, reduction="sum")
-        total = total + aux_weight * aux
+        total = total + aux_weight * F.cross_entropy(outputs[1].float(), target.long(), **kwargs)
     return total
+
+
+def label_weight_sum(
+    target: Tensor, *, ignore_index: int = IGNORE_INDEX, class_weights: Tensor | None = None
+) -> Tensor:
+    """The denominator of the mean loss: the number of labelled pixels of ``target`` (N, H, W), or with
+    ``class_weights`` (K,) the sum of their labels' weights. float64 scalar."""
+    valid = target != ignore_index
+    if class_weights is None:
+        return valid.sum().double()
+    return class_weights.double()[target[valid].long()].sum()
+
+
+def median_frequency_weights(class_pixels: Sequence[int], present_pixels: Sequence[int]) -> list[float]:
+    """Median-frequency class weights (Eigen & Fergus, ICCV 2015; used for CamVid by SegNet).
+
+    ``freq[c] = class_pixels[c] / present_pixels[c]``, where ``present_pixels[c]`` counts the labelled pixels of the
+    images in which class c appears, and ``weight[c] = median(freq) / freq[c]``, the median taken over the classes
+    that appear. A class that never appears gets weight 1 (it has no pixels to weigh).
+    """
+    if len(class_pixels) != len(present_pixels):
+        raise ValueError(f"{len(class_pixels)} class pixel counts but {len(present_pixels)} present-pixel counts")
+    freq = {c: n / present_pixels[c] for c, n in enumerate(class_pixels) if n > 0}
+    if not freq:
+        raise ValueError("no class has any labelled pixel")
+    median = statistics.median(freq.values())
+    return [median / freq[c] if c in freq else 1.0 for c in range(len(class_pixels))]

@@ -9,7 +9,9 @@ One optimiser step consumes ``batch_size`` images: ``accumulate`` micro-batches 
 processes. The images of a step are consecutive entries of a permutation drawn from (seed, epoch), so the data
 order does not depend on how many processes or workers there are, and a run resumes mid-epoch exactly. The loss of
 every micro-batch is divided by the number of labelled pixels of the whole step (all micro-batches, all processes),
-so the gradient is that of the step's mean loss however the batch is split.
+so the gradient is that of the step's mean loss however the batch is split. With ``class_weighting:
+median_frequency`` each pixel's loss is weighted by its class's median-frequency weight, computed once from the
+training masks, and the divisor is the sum of the step's pixel weights instead of their count.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -33,13 +36,15 @@ from tqdm import tqdm
 from ..atomic import atomic_open
 from ..config import ConfigError, TrainConfig
 from ..data.datasets import SegmentationDataset, build_dataset, collate
+from ..data.io import read_mask
+from ..errors import DataError
 from ..data.transforms import paper_train_transform
 from ..inference import InferenceSettings, normalize, resolve_device
 from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, make_meta
 from . import distributed
 from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, rng_state, save_checkpoint
-from .losses import loss_sum
+from .losses import label_weight_sum, loss_sum, median_frequency_weights
 
 __all__ = ["NonFiniteLossError", "param_groups", "poly_lr", "step_batches", "train"]
 
@@ -155,6 +160,26 @@ def _validate(model: PSPNet, dataset: SegmentationDataset, config: TrainConfig, 
     return report
 
 
+def class_pixel_statistics(dataset: SegmentationDataset, *, progress: bool = False) -> tuple[list[int], list[int]]:
+    """Per class c: the pixels labelled c in the split's masks, and the labelled pixels of the masks where c appears.
+
+    Reads the masks only (no augmentation); raises DataError naming a mask with invalid label values.
+    """
+    k, ignore = dataset.info.num_classes, dataset.info.ignore_index
+    class_pixels = np.zeros(k, dtype=np.int64)
+    present_pixels = np.zeros(k, dtype=np.int64)
+    for sample in tqdm(dataset.samples, desc="class weights", unit="mask", disable=not progress, leave=False):
+        assert sample.mask is not None  # training refuses unlabelled splits before this
+        mask, problem = dataset.convert_mask(read_mask(sample.mask), sample)
+        if problem is not None:
+            raise DataError(f"{sample.mask}: {problem}")
+        labels = mask[mask != ignore].astype(np.int64)
+        counts = np.bincount(labels, minlength=k)[:k]
+        class_pixels += counts
+        present_pixels[counts > 0] += labels.size
+    return class_pixels.tolist(), present_pixels.tolist()
+
+
 def train(
     config: TrainConfig,
     out: Path,
@@ -230,6 +255,10 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     if steps_per_epoch == 0:
         raise ConfigError(f"the training split has {len(train_set)} images, fewer than batch_size {config.batch_size}")
     total = config.iterations if config.iterations is not None else config.epochs * steps_per_epoch  # type: ignore
+    class_weights = None
+    if config.class_weighting == "median_frequency":
+        weights = median_frequency_weights(*class_pixel_statistics(train_set, progress=progress and dist.is_main))
+        class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
 
     model = build_model(config.model_config(info.num_classes))
     meta = make_meta(
@@ -283,6 +312,12 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     if dist.is_main:
         resume_from = state.iteration if resume is not None else None  # drop what a killed run logged later
         log = _Log(out / "log.jsonl", resume_from=resume_from, tensorboard=config.tensorboard)
+        if class_weights is not None:
+            named = {name: round(float(w), 4) for name, w in zip(info.classes, class_weights.tolist())}
+            if state.iteration == 0:
+                log.write({"iteration": 0, "event": "class weights", "class_weighting": "median_frequency", **named})
+            if progress:
+                tqdm.write("class weights (median frequency): " + ", ".join(f"{n} {w:.3g}" for n, w in named.items()))
     val_every = config.val_every or config.checkpoint_every
     last_good = str(checkpoint) if checkpoint is not None else None
 
@@ -347,8 +382,11 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], iteration, total, config.poly_power)
             targets = [m["mask"].to(device, non_blocking=True) for m in micro]
-            labelled = torch.stack([(t != config.ignore_index).sum() for t in targets]).sum().double()
-            labelled = distributed.all_reduce_sum(labelled).clamp(min=1)
+            labelled = sum(
+                label_weight_sum(t, ignore_index=config.ignore_index, class_weights=class_weights) for t in targets
+            )
+            labelled = distributed.all_reduce_sum(labelled)
+            labelled = torch.where(labelled > 0, labelled, torch.ones_like(labelled))  # all ignored: loss 0, not NaN
             net.train()
             if config.freeze_bn:
                 _freeze_batchnorm(net)
@@ -365,7 +403,11 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                         outputs = forward(images)
                     total_loss = loss_sum(
-                        outputs, target, aux_weight=config.aux_weight, ignore_index=config.ignore_index
+                        outputs,
+                        target,
+                        aux_weight=config.aux_weight,
+                        ignore_index=config.ignore_index,
+                        class_weights=class_weights,
                     )
                     # DDP averages gradients over processes: scale by world size to get the step's mean loss
                     scaler.scale(total_loss * (dist.world_size / labelled.float())).backward()

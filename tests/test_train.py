@@ -252,7 +252,7 @@ def test_median_frequency_weighting_is_logged_and_split_independent(tmp_path, da
     assert_close_tensors(weights(two / "model.safetensors"), weights(one / "model.safetensors"), rtol=1e-5, atol=1e-12)
     logged = [r for r in read_log(tmp_path / "w1") if r.get("event") == "class weights"]
     expected = median_frequency_weights(*class_pixel_statistics(build_dataset("folder", data_root, "train")))
-    assert len(logged) == 1 and [logged[0][name] for name in CLASSES] == pytest.approx(expected, abs=1e-4)
+    assert len(logged) == 1 and [logged[0]["class_weights"][name] for name in CLASSES] == pytest.approx(expected, abs=1e-4)
     assert max(expected) / min(expected) > 1.5  # the shapes data set is unbalanced: the weighting has an effect
     plain = train(tiny_config(data_root, accumulate=1, **common), tmp_path / "plain", progress=False)
     with pytest.raises(AssertionError):

@@ -37,8 +37,8 @@ from ..atomic import atomic_open
 from ..config import ConfigError, TrainConfig
 from ..data.datasets import SegmentationDataset, build_dataset, collate
 from ..data.io import read_mask
-from ..errors import DataError
 from ..data.transforms import paper_train_transform
+from ..errors import DataError
 from ..inference import InferenceSettings, normalize, resolve_device
 from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, make_meta
@@ -46,7 +46,7 @@ from . import distributed
 from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, rng_state, save_checkpoint
 from .losses import label_weight_sum, loss_sum, median_frequency_weights
 
-__all__ = ["NonFiniteLossError", "param_groups", "poly_lr", "step_batches", "train"]
+__all__ = ["NonFiniteLossError", "class_pixel_statistics", "param_groups", "poly_lr", "step_batches", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -315,7 +315,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         if class_weights is not None:
             named = {name: round(float(w), 4) for name, w in zip(info.classes, class_weights.tolist())}
             if state.iteration == 0:
-                log.write({"iteration": 0, "event": "class weights", "class_weighting": "median_frequency", **named})
+                log.write({"iteration": 0, "event": "class weights", "class_weights": named})
             if progress:
                 tqdm.write("class weights (median frequency): " + ", ".join(f"{n} {w:.3g}" for n, w in named.items()))
     val_every = config.val_every or config.checkpoint_every

@@ -44,6 +44,7 @@ from pspnet.data.datasets import build_dataset
 from pspnet.engine import checkpoint as checkpoint_module
 from pspnet.engine.evaluate import evaluate
 from pspnet.data.io import read_mask
+from pspnet.engine import train as train_module
 from pspnet.engine.losses import loss_sum, median_frequency_weights
 from pspnet.engine.train import NonFiniteLossError, class_pixel_statistics, param_groups, poly_lr, train
 from pspnet.inference import InferenceSettings
@@ -241,22 +242,28 @@ def test_class_pixel_statistics_count_every_mask_pixel(data_root):
     assert 0 < class_pixels[1] < present[1]  # the counts are not trivially equal
 
 
-def test_median_frequency_weighting_is_logged_and_split_independent(tmp_path, data_root):
+def test_median_frequency_weighting_is_logged_and_split_independent(tmp_path, data_root, monkeypatch):
     """With class_weighting median_frequency the step's loss is divided by the summed pixel weights of the whole
-    step, so 2 accumulated micro-batches still equal one batch (BN frozen, dropout 0, as above); the weights are
+    step: 2 accumulated micro-batches still equal one batch (BN frozen, dropout 0, as above), and scaling every
+    weight by 8 changes nothing (a divisor that ignored the weights would make the gradient 8x); the weights are
     those of the training masks and change the result."""
     common = {"iterations": 3, "checkpoint_every": 3, "dropout": 0.0, "val_split": None, "freeze_bn": True}
     weighted = {**common, "class_weighting": "median_frequency"}
     one = train(tiny_config(data_root, accumulate=1, **weighted), tmp_path / "w1", progress=False)
     two = train(tiny_config(data_root, accumulate=2, **weighted), tmp_path / "w2", progress=False)
-    assert_close_tensors(weights(two / "model.safetensors"), weights(one / "model.safetensors"), rtol=1e-5, atol=1e-12)
+    one_weights = weights(one / "model.safetensors")
+    assert_close_tensors(weights(two / "model.safetensors"), one_weights, rtol=1e-5, atol=1e-12)
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "median_frequency_weights", lambda *a: [8 * w for w in median_frequency_weights(*a)])
+        scaled = train(tiny_config(data_root, accumulate=1, **weighted), tmp_path / "w8", progress=False)
+    assert_close_tensors(weights(scaled / "model.safetensors"), one_weights, rtol=1e-5, atol=1e-12)
     logged = [r for r in read_log(tmp_path / "w1") if r.get("event") == "class weights"]
     expected = median_frequency_weights(*class_pixel_statistics(build_dataset("folder", data_root, "train")))
     assert len(logged) == 1 and [logged[0]["class_weights"][name] for name in CLASSES] == pytest.approx(expected, abs=1e-4)
     assert max(expected) / min(expected) > 1.5  # the shapes data set is unbalanced: the weighting has an effect
     plain = train(tiny_config(data_root, accumulate=1, **common), tmp_path / "plain", progress=False)
     with pytest.raises(AssertionError):
-        assert_close_tensors(weights(plain / "model.safetensors"), weights(one / "model.safetensors"), rtol=1e-3)
+        assert_close_tensors(weights(plain / "model.safetensors"), one_weights, rtol=1e-3)
 
 
 # -- 6. two processes under torchrun ------------------------------------------------------------------------------

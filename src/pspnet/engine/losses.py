@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -83,7 +84,8 @@ def label_weight_sum(
     valid = target != ignore_index
     if class_weights is None:
         return valid.sum().double()
-    return class_weights.double()[target[valid].long()].sum()
+    labels = torch.where(valid, target.long(), 0)  # no boolean indexing: no host sync on CUDA
+    return (class_weights.double()[labels] * valid).sum()
 
 
 def median_frequency_weights(class_pixels: Sequence[int], present_pixels: Sequence[int]) -> list[float]:

@@ -266,6 +266,27 @@ def test_median_frequency_weighting_is_logged_and_split_independent(tmp_path, da
         assert_close_tensors(weights(plain / "model.safetensors"), one_weights, rtol=1e-3)
 
 
+def test_resumed_run_keeps_the_class_weights_it_started_with(tmp_path, data_root, monkeypatch):
+    """The weights are saved in the training state; a resumed run uses them without reading the masks again."""
+    config = tiny_config(
+        data_root, iterations=3, checkpoint_every=1, keep_last=3, val_split=None, class_weighting="median_frequency"
+    )
+    whole = train(config, tmp_path / "whole", progress=False)
+    expected = median_frequency_weights(*class_pixel_statistics(build_dataset("folder", data_root, "train")))
+    _, info = read_weights_file(tmp_path / "whole/ckpt_1/state.safetensors")
+    assert info["class_weights"] == pytest.approx(expected, rel=1e-12)
+    shutil.copytree(tmp_path / "whole/ckpt_1", tmp_path / "resumed/ckpt_1")
+    shutil.copy(tmp_path / "whole/config.yaml", tmp_path / "resumed/config.yaml")
+
+    def fail(*args):
+        raise AssertionError("the masks were read again on resume")
+
+    monkeypatch.setattr(train_module, "class_pixel_statistics", fail)
+    resumed = train(config, tmp_path / "resumed", resume=tmp_path / "resumed", progress=False)
+    assert resumed == tmp_path / "resumed/ckpt_3"
+    assert_close_tensors(weights(resumed / "model.safetensors"), weights(whole / "model.safetensors"), rtol=1e-6)
+
+
 # -- 6. two processes under torchrun ------------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ class TrainState:
     best_iteration: int | None = None
     train_seconds: float = 0.0
     scaler: dict[str, Any] = field(default_factory=dict)
+    class_weights: list[float] | None = None  # the run's loss weights per class (class_weighting), fixed at its start
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -100,6 +101,7 @@ def save_checkpoint(
         "best_iteration": state.best_iteration,
         "train_seconds": state.train_seconds,
         "scaler": state.scaler,
+        "class_weights": state.class_weights,
         "config": config,
     }
     rng = {f"rng.{name}.{rank}": value for rank, states in enumerate(rng_states) for name, value in states.items()}
@@ -170,5 +172,6 @@ def load_checkpoint(
         best_iteration=info.get("best_iteration"),
         train_seconds=float(info.get("train_seconds", 0.0)),
         scaler=info.get("scaler") or {},
+        class_weights=info.get("class_weights"),
     )
     return state, info.get("config") or {}

@@ -255,10 +255,6 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     if steps_per_epoch == 0:
         raise ConfigError(f"the training split has {len(train_set)} images, fewer than batch_size {config.batch_size}")
     total = config.iterations if config.iterations is not None else config.epochs * steps_per_epoch  # type: ignore
-    class_weights = None
-    if config.class_weighting == "median_frequency":
-        weights = median_frequency_weights(*class_pixel_statistics(train_set, progress=progress and dist.is_main))
-        class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
 
     model = build_model(config.model_config(info.num_classes))
     meta = make_meta(
@@ -293,6 +289,13 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             warnings.warn(
                 f"resuming {checkpoint} with changed settings {changed}: not an exact continuation", stacklevel=2
             )
+    class_weights = None
+    if config.class_weighting == "median_frequency":
+        if state.class_weights is None:  # a new run; a resumed one keeps the weights it started with
+            # every process reads the masks, so a bad mask stops them all alike (no collective call waits for it)
+            statistics = class_pixel_statistics(train_set, progress=progress and dist.is_main)
+            state.class_weights = median_frequency_weights(*statistics)
+        class_weights = torch.tensor(state.class_weights, dtype=torch.float32, device=device)
     scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
     if state.scaler and config.precision == "fp16":
         scaler.load_state_dict(state.scaler)

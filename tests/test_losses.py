@@ -1,7 +1,6 @@
-import math
-
 import pytest
 import torch
+from conftest import naive_ce_sums
 
 from pspnet.engine.losses import (
     AUX_WEIGHT,
@@ -14,20 +13,8 @@ from pspnet.engine.losses import (
 
 
 def _naive_ce(logits, target, ignore=255):
-    """Per-pixel -log softmax in float64, averaged over labelled pixels, written out with loops."""
-    total, count = 0.0, 0
-    n, k, h, w = logits.shape
-    for b in range(n):
-        for i in range(h):
-            for j in range(w):
-                label = int(target[b, i, j])
-                if label == ignore:
-                    continue
-                scores = [float(logits[b, c, i, j]) for c in range(k)]
-                top = max(scores)
-                log_sum = top + math.log(sum(math.exp(s - top) for s in scores))
-                total += log_sum - scores[label]
-                count += 1
+    """Per-pixel -log softmax in float64, averaged over labelled pixels."""
+    total, count = naive_ce_sums(logits, target, ignore=ignore)
     return total / count
 
 
@@ -73,19 +60,9 @@ def test_weighted_loss_sum_and_divisor_against_naive_float64():
     target = torch.randint(0, k, (n, h, w))
     target[0, :2] = 255
     class_weights = torch.tensor([0.25, 1.0, 3.5, 8.0])
-    total, divisor = 0.0, 0.0
-    for b in range(n):
-        for i in range(h):
-            for j in range(w):
-                label = int(target[b, i, j])
-                if label == 255:
-                    continue
-                wt = float(class_weights[label])
-                divisor += wt
-                for factor, logits in ((1.0, main), (0.4, aux)):
-                    scores = [float(logits[b, c, i, j]) for c in range(k)]
-                    top = max(scores)
-                    total += factor * wt * (top + math.log(sum(math.exp(s - top) for s in scores)) - scores[label])
+    main_sum, divisor = naive_ce_sums(main, target, class_weights)
+    aux_sum, _ = naive_ce_sums(aux, target, class_weights)
+    total = main_sum + 0.4 * aux_sum
     assert float(loss_sum((main, aux), target, class_weights=class_weights)) == pytest.approx(total, rel=1e-5)
     got_divisor = label_weight_sum(target, class_weights=class_weights)
     assert got_divisor.dtype == torch.float64 and float(got_divisor) == pytest.approx(divisor, rel=1e-12)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_pspnet
+from conftest import naive_ce_sums, tiny_pspnet
 from train_helpers import (
     CLASSES,
     assert_close_tensors,
@@ -41,23 +41,16 @@ import pspnet
 from pspnet.cli import main
 from pspnet.config import ConfigError, load_train_config
 from pspnet.data.datasets import build_dataset
-from pspnet.engine import checkpoint as checkpoint_module
-from pspnet.engine.evaluate import evaluate
 from pspnet.data.io import read_mask
+from pspnet.engine import checkpoint as checkpoint_module
 from pspnet.engine import train as train_module
+from pspnet.engine.evaluate import evaluate
 from pspnet.engine.losses import loss_sum, median_frequency_weights
 from pspnet.engine.train import NonFiniteLossError, class_pixel_statistics, param_groups, poly_lr, train
 from pspnet.inference import InferenceSettings
 from pspnet.weights.model_file import read_weights_file
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread, like the OMP_NUM_THREADS=1 subprocesses (the machine is shared; results comparable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +142,9 @@ def test_loss_sum_equals_naive_float64_main_plus_04_aux_over_labelled_pixels():
     target = torch.randint(0, k, (n, h, w))
     target[torch.rand(n, h, w) < 0.3] = 255
     target[0, 0, 0] = 255
-    expected = 0.0
-    labelled = 0
-    for b in range(n):
-        for y in range(h):
-            for x in range(w):
-                t = int(target[b, y, x])
-                if t == 255:
-                    continue
-                labelled += 1
-                for weight, logits in ((1.0, main_logits), (0.4, aux_logits)):
-                    z = [float(v) for v in logits[b, :, y, x].double()]
-                    m = max(z)
-                    expected += weight * (m + math.log(sum(math.exp(v - m) for v in z)) - z[t])
+    main_sum, labelled = naive_ce_sums(main_logits, target)
+    aux_sum, _ = naive_ce_sums(aux_logits, target)
+    expected = main_sum + 0.4 * aux_sum
     assert 0 < labelled < n * h * w
     got = loss_sum((main_logits, aux_logits), target)
     assert got.dtype == torch.float32

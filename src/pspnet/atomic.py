@@ -12,7 +12,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open"]
+__all__ = ["atomic_open", "temporary_beside"]
+
+
+def temporary_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, str]:
+    """Create an empty temporary file in ``path``'s folder (made if missing) with the usual mode of a new file;
+    returns (open descriptor, its path). The caller writes it and renames it over ``path``, or removes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files
+    return fd, tmp
 
 
 @contextmanager
@@ -23,11 +35,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, durable: bool
     (checkpoints).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode of a new file
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

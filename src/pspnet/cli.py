@@ -95,14 +95,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _device(text: str) -> str:
-    if text == "auto":
-        return text
+    from .inference import resolve_device
+
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
+        resolve_device(text)
+    except RuntimeError:  # torch.device() does not know the name
         raise argparse.ArgumentTypeError(f"not a device: {text!r} (auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+    except ValueError as error:  # a CUDA device on a machine without CUDA
+        raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 

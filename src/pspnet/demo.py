@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .config import TrainConfig, load_train_config
 from .data.datasets import build_dataset
+from .data.io import write_image_png
 from .data.synthetic import CONTEXT_PAIRS, class_table, write_synthetic_dataset
 from .engine.evaluate import evaluate, format_table, write_report
 from .engine.train import train
@@ -100,8 +100,7 @@ def _prepare(out: Path, force: bool) -> None:
 
 
 def _save_png(array: np.ndarray, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    write_image_png(path, array)
     return path.name
 
 

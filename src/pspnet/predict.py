@@ -27,7 +27,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -40,10 +39,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .atomic import atomic_open
+from .atomic import atomic_open, temporary_beside
 from .data.classes import DATASETS
 from .data.datasets import IMAGE_SUFFIXES
-from .data.io import write_mask_png
+from .data.io import write_image_png, write_mask_png
 from .errors import DataError
 from .segmenter import Segmenter, as_rgb_array
 from .visualize import colorize, overlay, with_legend
@@ -270,11 +269,6 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     with atomic_open(path, "wb") as handle:
         write(handle)
 
-def _save_png(path: Path, pixels: np.ndarray) -> None:
-    image = Image.fromarray(pixels)
-    _atomic(path, lambda stream: image.save(stream, format="PNG", compress_level=1))
-
-
 def _write_labels(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
     if labels.dtype == np.uint8:
         write_mask_png(path, labels, palette)
@@ -301,10 +295,10 @@ class _Outputs:
         base = self.out / item.name
         _write_labels(base.with_name(base.name + ".png"), labels, self.palette)
         color = colorize(labels, self.palette)
-        _save_png(base.with_name(base.name + "_color.png"), color)
+        write_image_png(base.with_name(base.name + "_color.png"), color)
         if self.overlay:
             blend = overlay(image, color, alpha=self.alpha)
-            _save_png(
+            write_image_png(
                 base.with_name(base.name + "_overlay.png"), with_legend(blend, labels, self.classes, self.palette)
             )
         if proba is not None:
@@ -355,7 +349,7 @@ class _Run:
     def _compute(self, chunk: list[tuple[int, InputItem, np.ndarray]]) -> None:
         proba = self.segmenter.infer([image for _, _, image in chunk])  # (N, K, H, W)
         labels = self.segmenter.labels(proba)
-        saved = proba.to("cpu").numpy().astype(np.float16) if self.outputs.save_proba else None
+        saved = proba.half().cpu().numpy() if self.outputs.save_proba else None
         del proba
         k = self.segmenter.num_classes
         for n, (index, item, image) in enumerate(chunk):
@@ -421,8 +415,7 @@ class _Run:
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
         suffix = item.source.suffix.lower()
         target = self.outputs.out / f"{item.name}_overlay{suffix}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
+        handle, temporary = temporary_beside(target, suffix)  # the suffix tells OpenCV the container
         os.close(handle)
         writer = None
         frames = 0

@@ -30,7 +30,7 @@ from .data.classes import default_palette
 from .data.io import to_rgb8, read_image
 from .inference import InferenceSettings, infer_proba, normalize, resolve_device
 from .models.pspnet import PSPNet
-from .weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_model
+from .weights.model_file import load_model, normalization
 
 __all__ = ["ImageInput", "Segmenter", "as_rgb_array", "size_batches"]
 
@@ -102,9 +102,7 @@ class Segmenter:
         self.max_batch = max_batch
         parameter = next(model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
-        normalization = self.meta.get("normalization") or {}
-        self.mean = tuple(float(v) for v in normalization.get("mean", IMAGENET_MEAN))
-        self.std = tuple(float(v) for v in normalization.get("std", IMAGENET_STD))
+        self.mean, self.std = normalization(self.meta)
         k = int(model.num_classes)
         self.classes: list[str] = list(self.meta.get("classes") or [f"class_{i}" for i in range(k)])
         self.palette: list[tuple[int, int, int]] = [

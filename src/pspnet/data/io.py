@@ -22,7 +22,15 @@ from ..atomic import atomic_open
 from ..errors import DataError
 from .classes import default_palette
 
-__all__ = ["EXIF_ORIENTATION", "read_image", "read_image_and_orientation", "read_mask", "to_rgb8", "write_mask_png"]
+__all__ = [
+    "EXIF_ORIENTATION",
+    "read_image",
+    "read_image_and_orientation",
+    "read_mask",
+    "to_rgb8",
+    "write_image_png",
+    "write_mask_png",
+]
 
 # The EXIF tag that says how a camera held the photo: 1 = upright, 2..8 = mirrored and/or rotated.
 EXIF_ORIENTATION = 0x0112
@@ -152,6 +160,16 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     raise DataError(
         f"{path}: mask mode {mode!r} is not supported; save masks as index PNGs (8-bit grey or palette) or RGB PNGs"
     )
+
+
+def write_image_png(path: str | os.PathLike, pixels: np.ndarray, *, compress_level: int = 6) -> None:
+    """Write an (H, W, 3) RGB or (H, W) grey uint8 array as a PNG, atomically (temporary file + rename).
+
+    ``compress_level`` is zlib's 0-9 (1: fast and a little larger, for outputs written while predicting).
+    """
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    with atomic_open(path, "wb") as handle:
+        image.save(handle, format="PNG", compress_level=compress_level)
 
 
 def write_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> None:

@@ -24,7 +24,7 @@ from ..data.io import write_mask_png
 from ..errors import DataError
 from ..inference import InferenceSettings, infer_proba, normalize
 from ..models.pspnet import PSPNet
-from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD
+from ..weights.model_file import normalization
 from .distributed import all_reduce_sum, rank_and_world
 from .metrics import BoundaryIoU, ConfusionMatrix, metrics_report
 
@@ -62,9 +62,7 @@ def evaluate(
             f"the model predicts {model.num_classes} classes but data set {info.name!r} at {dataset.root} has "
             f"{info.num_classes}"
         )
-    normalization = model.meta.get("normalization") or {}
-    mean = normalization.get("mean", IMAGENET_MEAN)
-    std = normalization.get("std", IMAGENET_STD)
+    mean, std = normalization(model.meta)
     device = torch.device(device)
     model.eval()
     count = len(dataset) if limit is None else min(limit, len(dataset))

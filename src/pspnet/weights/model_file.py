@@ -41,6 +41,7 @@ __all__ = [
     "load_backbone_weights",
     "load_model",
     "make_meta",
+    "normalization",
     "read_weights_file",
     "resolve_model_path",
     "save_model",
@@ -54,6 +55,14 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 _PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".bin", ".tar", ".ckpt"}
 _CONVERT_HINT = "convert it with 'pspnet convert --from official|mmseg SRC DST.safetensors'"
+
+
+def normalization(meta: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel on the 0-255 scale from a model file's metadata; ImageNet's when it has none."""
+    stored = meta.get("normalization") or {}
+    mean = tuple(float(v) for v in stored.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in stored.get("std", IMAGENET_STD))
+    return mean, std
 
 
 def make_meta(

@@ -1,5 +1,6 @@
 """The Segmenter API: input types, shapes and dtypes, probabilities, batching, EXIF orientation, the auto switch."""
 
+import copy
 import re
 from dataclasses import replace
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rounding import gamma, unit_roundoff
 
 import pspnet.inference
 from pspnet.errors import DataError
@@ -127,7 +129,8 @@ def test_probabilities_are_float32_and_sum_to_one(segmenter):
     photo = _photo(40, 56, seed=3)
     proba = segmenter.predict_proba(photo)
     assert proba.shape == (5, 40, 56) and proba.dtype == np.float32
-    np.testing.assert_allclose(proba.sum(0), 1.0, atol=1e-5)
+    # each of the 5 softmax outputs within (K + 4) u of its value, and their float32 sum adds gamma_5
+    np.testing.assert_allclose(proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32))
     assert (proba >= 0).all()
     np.testing.assert_array_equal(proba.argmax(0), segmenter.predict(photo))
 
@@ -139,6 +142,9 @@ def test_size_batches_groups_equal_sizes_in_order():
 
 
 def test_predict_batch_with_mixed_sizes_equals_one_by_one(segmenter, monkeypatch):
+    """Batched and single forwards use other kernels: in float64 their logits differ by ~1e-15, below float32's
+    resolution, so the float32 probabilities and the labels are the same."""
+    segmenter = Segmenter(copy.deepcopy(segmenter.model).double(), segmenter.settings)
     sizes = [(40, 56), (30, 44), (40, 56), (56, 40), (40, 56), (30, 44)]
     photos = [_photo(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     singles = [segmenter.predict_proba(p) for p in photos]
@@ -150,8 +156,7 @@ def test_predict_batch_with_mixed_sizes_equals_one_by_one(segmenter, monkeypatch
     assert [t.shape for t in together] == sizes  # in input order
     for one, many in zip(singles, together):
         assert many.dtype == np.uint8
-        # batched and single forwards may differ in the last float bits: labels agree but for rare near-ties
-        assert (one.argmax(0) == many).mean() > 0.999
+        np.testing.assert_array_equal(one.argmax(0), many)
 
 
 def _jpeg_with_orientation(path, pixels, orientation):
@@ -202,21 +207,27 @@ def test_auto_mode_uses_windows_only_when_the_resized_image_exceeds_the_crop(che
     monkeypatch.setattr(pspnet.inference, "_slide", lambda *a: calls.append(tuple(a[1].shape[-2:])) or original(*a))
 
     tall = _photo(56, 40, seed=7)  # long side already 56: stays 56x40, taller than the 40-pixel crop -> windows
-    np.testing.assert_allclose(auto.predict_proba(tall), slide.predict_proba(tall), atol=1e-6)
+    np.testing.assert_array_equal(auto.predict_proba(tall), slide.predict_proba(tall))  # the same computation
     assert calls == [(56, 40), (56, 40)]
     assert not np.allclose(auto.predict_proba(tall), whole.predict_proba(tall), atol=1e-4)
 
     calls.clear()
     big = _photo(80, 112, seed=8)  # larger than the crop, but resized to 40x56 by the base size: whole image
-    np.testing.assert_allclose(auto.predict_proba(big), whole.predict_proba(big), atol=1e-6)
+    np.testing.assert_array_equal(auto.predict_proba(big), whole.predict_proba(big))
     small = _photo(40, 56, seed=9)
-    np.testing.assert_allclose(auto.predict_proba(small), whole.predict_proba(small), atol=1e-6)
+    np.testing.assert_array_equal(auto.predict_proba(small), whole.predict_proba(small))
     assert calls == []
 
 
-def test_bf16_precision_runs_and_mostly_agrees(checkpoint, segmenter):
+def test_bf16_precision_is_used(checkpoint, segmenter):
+    """bf16 reaches the network through the Segmenter: the probabilities are valid and differ from fp32's. How
+    close they are is tested where a rounding bound is tight (tests/test_inference.py, a 1x1 network); for this
+    random 31-layer network the first-order bf16 bound (rounding.bf16_logit_rtol) is too wide to compare labels."""
     bf16 = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="bf16")
     photo = _photo(40, 56, seed=11)
     labels = bf16.predict(photo)
-    assert labels.shape == (40, 56) and labels.dtype == np.uint8
-    assert (labels == segmenter.predict(photo)).mean() > 0.5
+    assert labels.shape == (40, 56) and labels.dtype == np.uint8 and labels.max() < 5
+    proba = bf16.predict_proba(photo)
+    assert proba.dtype == np.float32 and np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32))
+    assert not np.array_equal(proba, segmenter.predict_proba(photo))

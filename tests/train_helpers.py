@@ -224,3 +224,17 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float, interval: flo
             return bool(predicate())
         time.sleep(interval)
     return False
+
+
+def training_rtol(root: Path, *, steps: int, **extra: Any) -> float:
+    """The rounding bound (tests/rounding.py) of ``steps`` float64 optimiser steps of the tiny model that
+    :func:`tiny_config` builds for data set ``root``: its layers and fan-ins, and the pixels of one step's batch."""
+    from rounding import network_rtol
+
+    from pspnet.models.pspnet import build_model
+
+    config = tiny_config(root, iterations=1, **extra)
+    with torch.device("meta"):
+        model = build_model(config.model_config(len(CLASSES)))
+    pixels = config.batch_size * config.crop_size[0] * config.crop_size[1]
+    return network_rtol(model, pixels=pixels, steps=steps, dtype=torch.float64)

@@ -110,11 +110,14 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 or float RGB images ``(N, 3, H, W)`` in [0, 255] -> float32 ``(image - mean) / std``."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    return (images.float() - mean_t) / std_t
+def normalize(
+    images: Tensor, mean: Sequence[float], std: Sequence[float], *, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """uint8 or float RGB images ``(N, 3, H, W)`` in [0, 255] -> ``(image - mean) / std`` in ``dtype`` (the
+    model's parameter dtype: float32, or float64 for numerical checks)."""
+    mean_t = torch.as_tensor(mean, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+    return (images.to(dtype) - mean_t) / std_t
 
 
 def resized_size(height: int, width: int, long_side: int) -> tuple[int, int]:

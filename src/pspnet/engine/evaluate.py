@@ -63,6 +63,7 @@ def evaluate(
             f"{info.num_classes}"
         )
     mean, std = normalization(model.meta)
+    dtype = next(model.parameters()).dtype  # inputs in the model's dtype (float32; float64 in numerical tests)
     device = torch.device(device)
     model.eval()
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -90,7 +91,7 @@ def evaluate(
     )
     for sample in bar:
         image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)[None].to(device)
-        probs = infer_proba(model, normalize(image, mean, std), settings)  # (1, K, H, W)
+        probs = infer_proba(model, normalize(image, mean, std, dtype=dtype), settings)  # (1, K, H, W)
         pred = probs.argmax(1)[0]  # (H, W)
         if sample["mask"] is not None:
             target = torch.from_numpy(np.asarray(sample["mask"], dtype=np.int64)).to(device)

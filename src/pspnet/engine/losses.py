@@ -60,7 +60,8 @@ def loss_sum(
     ignore_index: int = IGNORE_INDEX,
     class_weights: Tensor | None = None,
 ) -> Tensor:
-    """``sum CE(main) + aux_weight * sum CE(aux)`` over the labelled pixels (float32, not yet averaged).
+    """``sum CE(main) + aux_weight * sum CE(aux)`` over the labelled pixels, not yet averaged; float32 for
+    float32, bfloat16 or float16 logits, float64 for float64 logits.
 
     With ``class_weights`` (K,) each pixel's term is multiplied by the weight of its label. Training divides the
     sum by :func:`label_weight_sum` of the whole optimiser step (every micro-batch, every process), so that the
@@ -68,11 +69,12 @@ def loss_sum(
     """
     if isinstance(outputs, Tensor):
         outputs = (outputs,)  # type: ignore[assignment]
-    weight = None if class_weights is None else class_weights.float()
+    dtype = torch.promote_types(outputs[0].dtype, torch.float32)  # bf16/fp16 logits: float32; float64 stays
+    weight = None if class_weights is None else class_weights.to(dtype)
     kwargs = {"ignore_index": ignore_index, "reduction": "sum", "weight": weight}
-    total = F.cross_entropy(outputs[0].float(), target.long(), **kwargs)
+    total = F.cross_entropy(outputs[0].to(dtype), target.long(), **kwargs)
     if len(outputs) > 1:
-        total = total + aux_weight * F.cross_entropy(outputs[1].float(), target.long(), **kwargs)
+        total = total + aux_weight * F.cross_entropy(outputs[1].to(dtype), target.long(), **kwargs)
     return total
 
 

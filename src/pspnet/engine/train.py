@@ -271,6 +271,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     if config.backbone_init and checkpoint is None:
         load_backbone_weights(model.backbone, config.backbone_init)
     model.to(device)
+    # float32 as built; float64 when the tests build under torch.set_default_dtype(torch.float64) to compare two
+    # computations far below float32 rounding. Inputs and class weights follow it; autocast lowers the forward.
+    param_dtype = next(model.parameters()).dtype
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
@@ -295,7 +298,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             # every process reads the masks, so a bad mask stops them all alike (no collective call waits for it)
             statistics = class_pixel_statistics(train_set, progress=progress and dist.is_main)
             state.class_weights = median_frequency_weights(*statistics)
-        class_weights = torch.tensor(state.class_weights, dtype=torch.float32, device=device)
+        class_weights = torch.tensor(state.class_weights, dtype=param_dtype, device=device)
     scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
     if state.scaler and config.precision == "fp16":
         scaler.load_state_dict(state.scaler)
@@ -396,7 +399,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             optimizer.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), dtype=torch.float64, device=device)
             for j, (batch, target) in enumerate(zip(micro, targets)):
-                images = normalize(batch["image"].to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD)
+                images = normalize(
+                    batch["image"].to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD, dtype=param_dtype
+                )
                 if config.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 sync = contextlib.nullcontext()
@@ -413,7 +418,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                         class_weights=class_weights,
                     )
                     # DDP averages gradients over processes: scale by world size to get the step's mean loss
-                    scaler.scale(total_loss * (dist.world_size / labelled.float())).backward()
+                    scaler.scale(total_loss * (dist.world_size / labelled).to(total_loss.dtype)).backward()
                 step_loss += total_loss.detach().double()
             step_loss = distributed.all_reduce_sum(step_loss) / labelled
             loss_value = float(step_loss)

@@ -7,7 +7,7 @@ errors (argparse's convention).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +19,7 @@ from .config import ConfigError
 from .data.classes import DATASETS
 from .data.cli_data import add_data_commands
 from .errors import CheckpointError, ConversionError, DataError
+from .inference import DEFAULT_MAX_PIXELS
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
 
@@ -115,8 +116,8 @@ def _fraction(text: str) -> float:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
     return value
 
 
@@ -125,6 +126,13 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+_MAX_PIXELS_HELP = (
+    f"the most pixels (height x width) of any image inference makes: the input, each scale's resized image and "
+    f"the canvas padded for sliding windows (default: {DEFAULT_MAX_PIXELS} = 2**24, 16.8 MP); settings that could "
+    f"exceed it (the base size at the largest scale, counted as a square) are a usage error, a larger image fails"
+)
 
 
 def _base_size(text: str) -> int | str:
@@ -154,9 +162,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if meta.get("dataset") != dataset.info.name:  # trained elsewhere: the data set's own protocol sizes
         info = dataset.info
         meta = {"inference": {"crop_size": list(info.crop_size), "base_size": info.base_size}}
-    settings = InferenceSettings.from_meta(meta, **overrides)
-    if args.base_size is not None:
-        settings = dataclasses.replace(settings, base_size=None if args.base_size == "native" else args.base_size)
+    if args.base_size is not None:  # the flag wins; "native" keeps each image's size
+        base_size = None if args.base_size == "native" else args.base_size
+        meta = {"inference": {**(meta.get("inference") or {}), "base_size": base_size}}
+    try:
+        settings = InferenceSettings.from_meta(meta, **overrides, max_pixels=args.max_pixels)
+    except ValueError as error:  # sizes beyond --max-pixels, scales that round to nothing
+        print(f"error: inference settings: {error}", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else None
     if args.save_pred and out is None:
         print("error: --save-pred needs --out DIR", file=sys.stderr)
@@ -252,7 +265,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import load_palette, predict_inputs
+    from .predict import UnsafeOutputs, load_palette, predict_inputs
     from .segmenter import Segmenter
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -262,15 +275,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} exists and is not a folder", file=sys.stderr)
         return 2
-    segmenter = Segmenter.from_checkpoint(
-        args.checkpoint,
-        device=args.device,
-        precision=args.precision,
-        mode=args.mode,
-        scales=args.scales or (1.0,),
-        flip=args.flip,
-        max_batch=args.batch,
-    )
+    try:
+        segmenter = Segmenter.from_checkpoint(
+            args.checkpoint,
+            device=args.device,
+            precision=args.precision,
+            mode=args.mode,
+            scales=args.scales or (1.0,),
+            flip=args.flip,
+            max_batch=args.batch,
+            max_pixels=args.max_pixels,
+        )
+    except (CheckpointError, DataError):
+        raise
+    except ValueError as error:  # the inference settings: sizes beyond --max-pixels, scales that round to nothing
+        print(f"error: inference settings for {args.checkpoint}: {error}", file=sys.stderr)
+        return 2
     palette = None
     if args.palette is not None:
         try:
@@ -285,17 +305,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         f"flip {s.flip}, {s.precision}, batch {args.batch}",
         file=sys.stderr,
     )
-    report = predict_inputs(
-        segmenter,
-        args.inputs,
-        out,
-        overlay=args.overlay,
-        alpha=args.alpha,
-        palette=palette,
-        save_proba=args.save_proba,
-        batch=args.batch,
-        progress=not args.no_progress,
-    )
+    try:
+        report = predict_inputs(
+            segmenter,
+            args.inputs,
+            out,
+            overlay=args.overlay,
+            alpha=args.alpha,
+            palette=palette,
+            save_proba=args.save_proba,
+            batch=args.batch,
+            progress=not args.no_progress,
+        )
+    except UnsafeOutputs as error:  # refused before anything was written
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     done = report.images + report.frames
     videos = f" and {report.videos} video(s) ({report.frames} frames)" if report.videos else ""
     print(
@@ -392,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="long side in pixels at scale 1.0, or 'native' to keep the image size (default: model's)",
     )
     ev.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
+    ev.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
     ev.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="inference precision (default: fp32)")
     ev.add_argument("--limit", type=_positive, help="evaluate only the first N images")
@@ -449,8 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
         ".mov). Under --out, outputs mirror each input's path relative to its folder or glob base: NAME.png (palette "
         "PNG of class ids), NAME_color.png, with --overlay NAME_overlay.png (blend and legend), with --save-proba "
         "NAME_proba.npy (float16, classes x H x W); a video gives NAME_overlay.mp4|avi|mov. predictions.csv lists "
-        "each image's class pixel shares. Bad inputs are reported and skipped; the exit status is 0 only when every "
-        "input succeeded.",
+        "each image's class pixel shares (a cell starting with = + - @ gets a leading ' so spreadsheets show text, "
+        "not a formula). Names never leave --out: '..', '.' and root parts of a mirrored path are dropped. Before "
+        "any work, a run where an output would be an input file or be written outside --out (a symlinked folder) "
+        "is refused (exit 2, nothing written); stems that clash (a.jpg, a.png) keep their suffix (a_jpg, a_png); "
+        "when two inputs would still write one path (compared case-insensitively, e.g. x.png's x_color.png and an "
+        "input x_color.png), the later input is reported and skipped. Any input that cannot be read (FIFOs and "
+        "other non-regular files included), predicted or written is reported by name and skipped, the others are "
+        "still predicted and predictions.csv is always written; the exit status is 0 only when every input "
+        "succeeded.",
     )
     pr.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or training run directory")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video file, folder, or glob pattern")
@@ -472,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         "base-size resizing (default: auto)",
     )
     pr.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
+    pr.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
     pr.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     pr.add_argument(
         "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="inference precision (default: fp32)"

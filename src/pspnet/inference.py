@@ -13,6 +13,17 @@ at a time.
 
 ``mode="auto"`` uses sliding windows when a side of the resized image exceeds the crop, else the whole image.
 
+Resizing keeps every side at least 1 pixel: where the official rounding would give an empty image (a 5000x3 photo
+at base size 512 has a short side of round(0.31) = 0), the side is 1 pixel instead. This is the one deviation from
+the official rounding, and it changes nothing for any image the official code can process.
+
+The pixel cap (``max_pixels``, default :data:`DEFAULT_MAX_PIXELS`): no image the inference makes may hold more
+pixels, so that absurd settings or inputs are refused before a tensor is allocated. :func:`check_image_size` is
+the one check, made by :func:`infer_proba` before it allocates; it counts the input itself (the probabilities come
+back at its size), each scale's resized image, and the canvas padded to the crop for sliding windows.
+:class:`InferenceSettings` checks what it can before any image is seen: with a base size, the largest image its
+scales can make, counted conservatively as a square ``round(max(scales) * base_size)`` pixels on a side, must fit.
+
 All functions take and return tensors: images ``(N, 3, H, W)`` normalised float, probabilities
 ``(N, K, H, W)`` float32 on the model's device.
 """
@@ -21,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,9 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "MODES",
     "PRECISIONS",
     "InferenceSettings",
+    "check_image_size",
     "infer_proba",
     "normalize",
     "resized_size",
@@ -42,6 +55,14 @@ __all__ = [
 MODES = ("auto", "whole", "slide")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+# The most pixels (height x width) of any image inference makes: 2**24 = 16.8 MP. The largest official protocol,
+# Cityscapes multi-scale (base size 2048, scales up to 1.75), makes images of at most 3584 x 1792 pixels, 3584**2
+# = 12.8 MP even as a square, and base size 2048 at scale 2.0 (4096**2) is exactly the cap. At the cap one
+# normalised image is 201 MB of float32 and its probabilities K x 67 MB, so a run stays within a large machine's
+# memory; raise it (``max_pixels``, ``--max-pixels``) for bigger photos when the memory is there.
+DEFAULT_MAX_PIXELS = 2**24
+_RAISE_IT = "raise it with --max-pixels (InferenceSettings.max_pixels)"
+
 
 @dataclass(frozen=True)
 class InferenceSettings:
@@ -49,7 +70,12 @@ class InferenceSettings:
 
     ``crop_size`` is (height, width) of a sliding window; ``base_size`` the long side (pixels) at scale 1.0, or
     None for the native size; ``stride_rate`` the window step as a fraction of the crop (official: 2/3);
-    ``window_batch`` how many windows go through the network at once.
+    ``window_batch`` how many windows go through the network at once; ``max_pixels`` the most pixels of any image
+    the inference makes (see the module docstring).
+
+    Raises ``ValueError`` naming the field for a value out of range, and naming the limit when the crop, or with a
+    base size the largest scale's image (a square of ``round(max(scales) * base_size)`` pixels on a side, the
+    conservative bound for any aspect ratio), holds more than ``max_pixels`` pixels.
     """
 
     mode: str = "auto"
@@ -60,6 +86,7 @@ class InferenceSettings:
     flip: bool = False
     precision: str = "fp32"
     window_batch: int = 4
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -70,12 +97,34 @@ class InferenceSettings:
             raise ValueError(f"crop size must be two positive integers, got {self.crop_size!r}")
         if not 0 < self.stride_rate <= 1:
             raise ValueError(f"stride rate must be in (0, 1], got {self.stride_rate}")
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be positive, got {self.scales!r}")
+        if not self.scales or not all(math.isfinite(s) and s > 0 for s in self.scales):
+            raise ValueError(f"scales must be finite positive numbers, got {list(self.scales)}")
         if self.base_size is not None and self.base_size < 1:
             raise ValueError(f"base size must be positive, got {self.base_size}")
         if self.window_batch < 1:
             raise ValueError(f"window batch must be positive, got {self.window_batch}")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise ValueError(f"max pixels must be a positive integer, got {self.max_pixels!r}")
+        crop_h, crop_w = self.crop_size
+        if crop_h * crop_w > self.max_pixels:
+            raise ValueError(
+                f"crop size {crop_h}x{crop_w} = {crop_h * crop_w} pixels, above the limit of {self.max_pixels} "
+                f"pixels; {_RAISE_IT}"
+            )
+        if self.base_size is not None:
+            largest, smallest = max(self.scales), min(self.scales)
+            long_side = largest * self.base_size
+            if not math.isfinite(long_side) or round(long_side) ** 2 > self.max_pixels:
+                side = round(long_side) if math.isfinite(long_side) else long_side
+                raise ValueError(
+                    f"base size {self.base_size} at scale {largest} makes images up to {side} pixels on a side, "
+                    f"counted as a square {side}x{side}, above the limit of {self.max_pixels} pixels; {_RAISE_IT}"
+                )
+            if round(smallest * self.base_size) < 1:
+                raise ValueError(
+                    f"scale {smallest} of base size {self.base_size} is a long side of "
+                    f"{smallest * self.base_size:.3g} pixels, which rounds to 0; use a larger scale"
+                )
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], **overrides: Any) -> InferenceSettings:
@@ -84,16 +133,16 @@ class InferenceSettings:
         Overrides whose value is None are ignored, so command-line defaults can be passed through as they are.
         """
         inference = meta.get("inference") or {}
-        base = cls()
+        fields: dict[str, Any] = {}
         if "crop_size" in inference:
-            base = replace(base, crop_size=tuple(int(v) for v in inference["crop_size"]))
+            fields["crop_size"] = tuple(int(v) for v in inference["crop_size"])
         if inference.get("base_size"):
-            base = replace(base, base_size=int(inference["base_size"]))
-        chosen = {k: v for k, v in overrides.items() if v is not None}
+            fields["base_size"] = int(inference["base_size"])
+        fields.update({k: v for k, v in overrides.items() if v is not None})
         for key in ("crop_size", "scales"):
-            if key in chosen:
-                chosen[key] = tuple(chosen[key])
-        return replace(base, **chosen)
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        return cls(**fields)  # validated once, with every field in place
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -121,10 +170,39 @@ def normalize(
 
 
 def resized_size(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(h, w) with the long side equal to ``long_side`` and the aspect ratio kept (official rounding)."""
+    """(h, w) with the long side equal to ``long_side`` and the aspect ratio kept (official rounding), each side at
+    least 1 pixel: the official rounding gives 0 for a side thinner than half a pixel after resizing."""
     if height > width:
-        return long_side, round(long_side / height * width)
-    return round(long_side / width * height), long_side
+        return long_side, max(1, round(long_side / height * width))
+    return max(1, round(long_side / width * height)), long_side
+
+
+def _scaled_size(height: int, width: int, scale: float, settings: InferenceSettings) -> tuple[int, int]:
+    """The (h, w) an image of ``height x width`` is resized to at ``scale``; ValueError when it is not finite."""
+    if settings.base_size is not None:
+        return resized_size(height, width, round(scale * settings.base_size))
+    if not math.isfinite(scale * max(height, width)):
+        raise ValueError(f"scale {scale} of a {height}x{width} image is not a finite size")
+    return max(1, round(scale * height)), max(1, round(scale * width))
+
+
+def check_image_size(height: int, width: int, settings: InferenceSettings) -> None:
+    """Raise ``ValueError`` when an image of ``height x width`` pixels would make :func:`infer_proba` allocate an
+    image of more than ``settings.max_pixels`` pixels: the input itself, a scale's resized image, or the canvas a
+    resized image is padded to for sliding windows. The message gives the sizes (height x width) and the limit."""
+    limit = settings.max_pixels
+
+    def refuse(what: str, h: int, w: int) -> None:
+        if h * w > limit:
+            raise ValueError(f"{what} {h}x{w} = {h * w} pixels, above the limit of {limit} pixels; {_RAISE_IT}")
+
+    refuse("the image is", height, width)
+    crop_h, crop_w = settings.crop_size
+    for scale in settings.scales:
+        h, w = _scaled_size(height, width, scale, settings)
+        refuse(f"at scale {scale} the image is resized to", h, w)
+        if _uses_windows(settings, h, w):
+            refuse(f"at scale {scale} the image is padded for sliding windows to", max(h, crop_h), max(w, crop_w))
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
@@ -186,17 +264,16 @@ def _uses_windows(settings: InferenceSettings, height: int, width: int) -> bool:
 def infer_proba(model: nn.Module, images: Tensor, settings: InferenceSettings) -> Tensor:
     """Class probabilities ``(N, K, H, W)`` float32 for normalised images ``(N, 3, H, W)`` of one size.
 
-    The model must be in eval mode (it is not switched here).
+    The model must be in eval mode (it is not switched here). An image that would make an image of more than
+    ``settings.max_pixels`` pixels is refused before anything is allocated (:func:`check_image_size`).
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     height, width = images.shape[-2:]
+    check_image_size(height, width, settings)
     result: Tensor | None = None
     for scale in settings.scales:
-        if settings.base_size is not None:
-            size = resized_size(height, width, round(scale * settings.base_size))
-        else:
-            size = (max(1, round(scale * height)), max(1, round(scale * width)))
+        size = _scaled_size(height, width, scale, settings)
         x = images
         if size != (height, width):
             x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)

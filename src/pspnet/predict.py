@@ -1,20 +1,37 @@
 """``pspnet predict``: segment files, folders, globs and videos with a :class:`~pspnet.segmenter.Segmenter`.
 
-Outputs mirror each input's path relative to its folder or glob base (a single file: its name), under ``out``:
+Outputs mirror each input's path relative to its folder or glob base (a single file: its name), under ``out``.
+The mirrored name never leaves ``out``: it is the normalised relative path with every ``..`` and ``.`` part and
+any root dropped (``'*/../../data/x.png'`` gives ``data/x``), and before any work every output's folder, symlinks
+resolved, must lie inside ``out``. For NAME:
 
 - ``NAME.png``: palette PNG of class ids (viewers show colours, :func:`pspnet.data.io.read_mask` gives the ids;
   a 16-bit grey PNG above 256 classes, which no palette can hold);
 - ``NAME_color.png``: the colour map; with ``overlay`` ``NAME_overlay.png``: the colours blended over the photo with
   a legend of the classes present; with ``save_proba`` ``NAME_proba.npy``: float16 ``(K, H, W)`` probabilities;
 - a video ``NAME.mp4|.avi|.mov`` gives ``NAME_overlay.mp4|.avi|.mov``, every frame blended with its colours;
-- ``predictions.csv``: one row per image (and per video, over all its frames) with each class's pixel share.
+- ``predictions.csv``: one row per image (and per video, over all its frames) with each class's pixel share. A
+  cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (a file named ``=HYPERLINK(..).png``)
+  gets a leading ``'`` so that spreadsheets show it as text instead of running it as a formula.
+
+Safety, all decided before the model runs (:func:`plan_outputs`):
+
+- an output path that is an input file (the same file, symlinks and hard links included), or whose folder lies
+  outside ``out``, refuses the whole run (:class:`UnsafeOutputs`; ``pspnet predict`` exits 2, nothing written);
+- two inputs whose stems clash (``a.jpg``, ``a.png``) keep their suffix in the name (``a_jpg``, ``a_png``);
+- any other two inputs whose outputs would share a path, compared case-insensitively (``x.png``'s colour map and
+  the labels of an input ``x_color.png``): the later input in input order is reported, naming the earlier one and
+  the path, and skipped; the earlier is predicted.
 
 Throughput: the model is loaded once; consecutive images of one size are batched; a small thread pool decodes
 the next images and encodes the finished ones while the network runs. Read-ahead and pending writes are bounded,
 so memory does not grow with the number of inputs.
 
-Bad inputs (missing paths, globs that match nothing, unreadable or non-image files, images without pixels,
-undecodable videos) are reported naming the file and skipped; the rest are still written.
+One bad input never stops the others: any error while reading, predicting or writing one input (missing paths,
+globs that match nothing, unreadable, non-image or non-regular files such as FIFOs, images without pixels or above
+the pixel cap, undecodable videos, a failing forward) is reported naming the file and that input skipped; a batch
+that fails in the network is retried one image at a time so that only the culprit fails. ``predictions.csv`` is
+written in every case. KeyboardInterrupt and SystemExit still stop the run.
 """
 
 from __future__ import annotations
@@ -26,13 +43,14 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 import numpy as np
@@ -44,6 +62,7 @@ from .data.classes import DATASETS
 from .data.datasets import IMAGE_SUFFIXES
 from .data.io import write_image_png, write_mask_png
 from .errors import DataError
+from .inference import check_image_size
 from .segmenter import Segmenter, as_rgb_array
 from .visualize import colorize, overlay, with_legend
 
@@ -52,8 +71,12 @@ __all__ = [
     "Failure",
     "InputItem",
     "PredictReport",
+    "UnsafeOutputs",
+    "csv_cell",
     "expand_inputs",
     "load_palette",
+    "output_names",
+    "plan_outputs",
     "predict_inputs",
 ]
 
@@ -61,6 +84,13 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov")
 # OpenCV codecs per container: mp4v (MPEG-4 part 2) is what OpenCV's own builds write without extra libraries.
 _FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 _MAGIC = re.compile(r"[*?[]")
+CSV_NAME = "predictions.csv"
+# Characters that make a spreadsheet cell a formula (OWASP's list for CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class UnsafeOutputs(ValueError):
+    """The planned outputs would overwrite an input file or be written outside ``out``: nothing is done."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +170,20 @@ def _glob_base(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def _stem(relative: Path) -> str:
-    return relative.with_suffix("").as_posix()
+def _mirrored(path: Path, base: Path) -> str:
+    """The output stem of ``path`` found under ``base`` (posix, no suffix): its normalised path relative to the
+    base without ``..``, ``.`` or root parts, so that it stays inside ``out`` (``a/../../data/x.png`` -> ``data/x``)."""
+    relative = Path(os.path.relpath(os.path.normpath(path), os.path.normpath(base)))
+    parts = [part for part in relative.parts if part not in ("..", ".") and part != relative.anchor]
+    if not parts:  # cannot happen for a file, whose own name is always kept
+        parts = [path.name]
+    return PurePosixPath(*parts).with_suffix("").as_posix()
+
+
+def _check_name(item: InputItem) -> None:
+    """Refuse an output name that is empty, absolute or has ``..`` or ``.`` parts (an InputItem built by hand)."""
+    if any(part in ("", ".", "..") for part in item.name.split("/")):  # empty, absolute, "x/./a", "../a"
+        raise UnsafeOutputs(f"{item.source}: output name {item.name!r} is not a plain relative path")
 
 
 def expand_inputs(
@@ -152,8 +194,10 @@ def expand_inputs(
 
     A file named on its own is always attempted (as a video by its suffix, else as an image); folders and globs
     contribute images (``IMAGE_SUFFIXES``) and videos (``VIDEO_SUFFIXES``), hidden files left out. Files under
-    ``exclude`` (the output folder) are never inputs. When two inputs would get the same output name (``a.jpg``
-    and ``a.png``), each keeps its suffix in the name (``a_jpg``, ``a_png``); a clash that remains is a failure.
+    ``exclude`` (the output folder) are never inputs. Names are mirrored as the module docstring says (never
+    ``..`` or absolute). When two inputs would get the same output name (``a.jpg`` and ``a.png``), each keeps its
+    suffix in the name (``a_jpg``, ``a_png``); a clash that remains is left to :func:`plan_outputs`, which also
+    sees every input file it must not overwrite.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Path, str]] = []
@@ -169,18 +213,18 @@ def expand_inputs(
                         text, f"{text}: folder holds no images or videos ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})"
                     )
                 )
-            found += [(f, _stem(f.relative_to(path))) for f in files]
+            found += [(f, _mirrored(f, path)) for f in files]
         elif path.exists():
-            found.append((path, _stem(Path(path.name))))
+            found.append((path, _mirrored(path, path.parent)))
         elif _MAGIC.search(text):
             base = _glob_base(text)
             matches = []
             for match in sorted(glob.glob(text, recursive=True)):
                 match_path = Path(match)
                 if match_path.is_dir():
-                    matches += [(f, _stem(f.relative_to(base))) for f in _folder_files(match_path, skip)]
+                    matches += [(f, _mirrored(f, base)) for f in _folder_files(match_path, skip)]
                 elif _wanted(match_path) and not _inside(match_path, skip):
-                    matches.append((match_path, _stem(match_path.relative_to(base))))
+                    matches.append((match_path, _mirrored(match_path, base)))
             if not matches:
                 failures.append(Failure(text, f"{text}: the pattern matches no images or videos"))
             found += matches
@@ -196,20 +240,9 @@ def expand_inputs(
     for _, name in entries:
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
     items: list[InputItem] = []
-    taken: dict[str, Path] = {}
     for path, name in entries:
         if counts[name.lower()] > 1 and path.suffix:
             name = f"{name}_{path.suffix[1:].lower()}"
-        if name.lower() in taken:
-            failures.append(
-                Failure(
-                    str(path),
-                    f"{path}: its output name {name!r} is already used by {taken[name.lower()]}; "
-                    "predict it into another --out",
-                )
-            )
-            continue
-        taken[name.lower()] = path
         items.append(InputItem(path, name, video=_is_video(path)))
     return items, failures
 
@@ -261,6 +294,98 @@ def load_palette(spec: str, num_classes: int) -> list[tuple[int, int, int]]:
     return [(int(r), int(g), int(b)) for r, g, b in colours]
 
 
+# -- the outputs of a run, decided before any work ------------------------------------------------------------
+
+
+def output_names(item: InputItem, *, overlay: bool, save_proba: bool) -> dict[str, str]:
+    """The files an input writes, relative to ``out`` (posix), by kind: ``labels``, ``color``, ``overlay`` and
+    ``proba`` for an image (the last two with their options), ``video`` for a video. The one naming rule."""
+    if item.video:
+        return {"video": f"{item.name}_overlay{item.source.suffix.lower()}"}
+    names = {"labels": f"{item.name}.png", "color": f"{item.name}_color.png"}
+    if overlay:
+        names["overlay"] = f"{item.name}_overlay.png"
+    if save_proba:
+        names["proba"] = f"{item.name}_proba.npy"
+    return names
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names, symlinks followed; None when there is none."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _folder_key(folder: Path, cache: dict[Path, Path]) -> Path:
+    """``folder`` with symlinks resolved (as far as it exists), cached: outputs share few folders."""
+    if folder not in cache:
+        cache[folder] = folder.resolve()
+    return cache[folder]
+
+
+def plan_outputs(
+    items: Sequence[InputItem], out: str | os.PathLike, *, overlay: bool, save_proba: bool
+) -> tuple[list[InputItem], list[Failure]]:
+    """Check every output path of a run before any work: ``(items to predict, failures)``.
+
+    Raises :class:`UnsafeOutputs` naming both paths when an output (``predictions.csv`` included) is the same file
+    as an input (symlinks and hard links included), or its folder, symlinks resolved, lies outside ``out``; and
+    for a hand-made item whose name is not a plain relative path. An item with an output path (compared
+    case-insensitively, symlinked folders resolved) that an earlier item or ``predictions.csv`` already has is a
+    failure naming both inputs and the path, and is left out.
+    """
+    out = Path(out)
+    root = out.resolve()
+    inputs: dict[tuple[int, int], Path] = {}
+    for item in items:
+        identity = _identity(item.source)
+        if identity is not None:
+            inputs.setdefault(identity, item.source)
+    folders: dict[Path, Path] = {}
+
+    def checked(relative: str) -> str:
+        """The output's case-insensitive key (its resolved path), after refusing an escape or an input."""
+        path = out / relative
+        folder = _folder_key(path.parent, folders)
+        if folder != root and root not in folder.parents:
+            raise UnsafeOutputs(
+                f"output {path} would be written in {folder}, outside --out {out} (a symlinked folder or a name "
+                "that leaves it); choose another --out"
+            )
+        identity = _identity(path)
+        if identity is not None and identity in inputs:
+            raise UnsafeOutputs(
+                f"output {path} is the input {inputs[identity]}: predicting would overwrite it; choose an --out "
+                "outside the input folders"
+            )
+        return str(folder / path.name).lower()
+
+    taken: dict[str, str] = {checked(CSV_NAME): "the run's class shares"}
+    kept: list[InputItem] = []
+    failures: list[Failure] = []
+    for item in items:
+        _check_name(item)
+        names = output_names(item, overlay=overlay, save_proba=save_proba)
+        keys = {kind: checked(relative) for kind, relative in names.items()}
+        clash = next((kind for kind, key in keys.items() if key in taken), None)
+        if clash is not None:
+            failures.append(
+                Failure(
+                    str(item.source),
+                    f"{item.source}: its output {out / names[clash]} is already an output of "
+                    f"{taken[keys[clash]]}; predict it into another --out",
+                )
+            )
+            continue
+        for key in keys.values():
+            taken[key] = str(item.source)
+        kept.append(item)
+    return kept, failures
+
+
 # -- writing -----------------------------------------------------------------------------------------------------
 
 
@@ -268,6 +393,7 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through a temporary file in its folder and a rename: never a half-written output."""
     with atomic_open(path, "wb") as handle:
         write(handle)
+
 
 def _write_labels(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
     if labels.dtype == np.uint8:
@@ -282,6 +408,14 @@ def _shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes].astype(np.int64)
 
 
+def csv_cell(value: object) -> object:
+    """A CSV cell that spreadsheets show as text: strings starting with ``=``, ``+``, ``-``, ``@``, tab or carriage
+    return (a formula to Excel, LibreOffice and Google Sheets) get a leading ``'``; other values are unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 @dataclass
 class _Outputs:
     out: Path
@@ -291,21 +425,44 @@ class _Outputs:
     alpha: float
     save_proba: bool
 
+    def names(self, item: InputItem) -> dict[str, str]:
+        return output_names(item, overlay=self.overlay, save_proba=self.save_proba)
+
     def write_image(self, item: InputItem, image: np.ndarray, labels: np.ndarray, proba: np.ndarray | None) -> None:
-        base = self.out / item.name
-        _write_labels(base.with_name(base.name + ".png"), labels, self.palette)
+        names = self.names(item)
+        _write_labels(self.out / names["labels"], labels, self.palette)
         color = colorize(labels, self.palette)
-        write_image_png(base.with_name(base.name + "_color.png"), color)
+        write_image_png(self.out / names["color"], color)
         if self.overlay:
             blend = overlay(image, color, alpha=self.alpha)
-            write_image_png(
-                base.with_name(base.name + "_overlay.png"), with_legend(blend, labels, self.classes, self.palette)
-            )
+            write_image_png(self.out / names["overlay"], with_legend(blend, labels, self.classes, self.palette))
         if proba is not None:
-            _atomic(base.with_name(base.name + "_proba.npy"), lambda stream: np.save(stream, proba))
+            _atomic(self.out / names["proba"], lambda stream: np.save(stream, proba))
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------------
+
+
+def _message(source: Path, error: BaseException) -> str:
+    """One line naming ``source`` for an error met on it; an unexpected kind of error also gives its class."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    text = lines[0].strip() if lines else type(error).__name__
+    if not isinstance(error, (ValueError, OSError)) and lines:
+        text = f"{type(error).__name__}: {text}"
+    return text if str(source) in text else f"{source}: {text}"
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a folder, a FIFO...), or None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return f"{path}: cannot read: {error.strerror or error}"
+    if stat.S_ISDIR(mode):
+        return f"{path}: is a folder, expected a video file"
+    if not stat.S_ISREG(mode):
+        return f"{path}: not a regular file (a FIFO, socket or device), expected a video file"
+    return None
 
 
 class _Run:
@@ -327,7 +484,7 @@ class _Run:
 
     def _row(self, item: InputItem, height: int, width: int, frames: int, counts: np.ndarray) -> list[object]:
         total = max(int(counts.sum()), 1)
-        output = f"{item.name}_overlay{item.source.suffix.lower()}" if item.video else f"{item.name}.png"
+        output = next(iter(self.outputs.names(item).values()))
         return [str(item.source), output, height, width, frames, *(f"{c / total:.6f}" for c in counts)]
 
     def _retotal(self, change: int) -> None:
@@ -341,16 +498,28 @@ class _Run:
         index, item, future = self.writes.popleft()
         try:
             future.result()
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - one input's failure never stops the others
             self.rows.pop(index, None)
             self.report.images -= 1
-            self.fail(item.source, f"{item.source}: cannot write its predictions: {error}")
+            self.fail(item.source, f"{item.source}: cannot write its predictions: {_message(item.source, error)}")
 
     def _compute(self, chunk: list[tuple[int, InputItem, np.ndarray]]) -> None:
-        proba = self.segmenter.infer([image for _, _, image in chunk])  # (N, K, H, W)
-        labels = self.segmenter.labels(proba)
-        saved = proba.half().cpu().numpy() if self.outputs.save_proba else None
-        del proba
+        """Predict a batch of images of one size and queue their writes; when the batch fails in the network,
+        each image is retried on its own so that only the culprit is reported."""
+        try:
+            proba = self.segmenter.infer([image for _, _, image in chunk])  # (N, K, H, W)
+            labels = self.segmenter.labels(proba)
+            saved = proba.half().cpu().numpy() if self.outputs.save_proba else None
+            del proba
+        except Exception as error:  # noqa: BLE001 - one input's failure never stops the others
+            if len(chunk) > 1:
+                for entry in chunk:
+                    self._compute([entry])
+                return
+            _, item, _ = chunk[0]
+            self.fail(item.source, _message(item.source, error))
+            self.bar.update(1)
+            return
         k = self.segmenter.num_classes
         for n, (index, item, image) in enumerate(chunk):
             self.rows[index] = self._row(item, *labels[n].shape, 1, _shares(labels[n], k))
@@ -382,9 +551,9 @@ class _Run:
             fill()
             try:
                 image = future.result()
-            except (DataError, ValueError, OSError) as error:
-                text = str(error)
-                self.fail(item.source, text if str(item.source) in text else f"{item.source}: {text}")
+                check_image_size(image.shape[0], image.shape[1], self.segmenter.settings)
+            except Exception as error:  # noqa: BLE001 - one input's failure never stops the others
+                self.fail(item.source, _message(item.source, error))
                 self.bar.update(1)
                 continue
             if chunk and chunk[0][2].shape != image.shape:
@@ -406,21 +575,26 @@ class _Run:
         the container announces them), corrected as frames are decoded."""
         import cv2
 
+        problem = _not_regular(item.source)  # OpenCV would block on a FIFO
+        if problem is not None:
+            self.fail(item.source, problem)
+            self.bar.update(expected)
+            return
         capture = cv2.VideoCapture(str(item.source))
         if not capture.isOpened():
+            capture.release()
             self.fail(item.source, f"{item.source}: not a video OpenCV can read")
             self.bar.update(expected)
             return
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
         suffix = item.source.suffix.lower()
-        target = self.outputs.out / f"{item.name}_overlay{suffix}"
-        handle, temporary = temporary_beside(target, suffix)  # the suffix tells OpenCV the container
-        os.close(handle)
+        target = self.outputs.out / self.outputs.names(item)["video"]
         writer = None
         frames = 0
         counts = np.zeros(self.segmenter.num_classes, dtype=np.int64)
         size: tuple[int, ...] | None = None
+        temporary: str | None = None
 
         def read_chunk() -> list[np.ndarray]:
             chunk = []
@@ -433,6 +607,8 @@ class _Run:
 
         upcoming: Future | None = None
         try:
+            handle, temporary = temporary_beside(target, suffix)  # the suffix tells OpenCV the container
+            os.close(handle)
             upcoming = self.pool.submit(read_chunk)
             while True:
                 chunk = upcoming.result()
@@ -466,10 +642,8 @@ class _Run:
             if frames == 0:
                 raise DataError(f"{item.source}: no frames could be decoded")
             os.replace(temporary, target)
-        except (DataError, ValueError, OSError, cv2.error) as error:
-            Path(temporary).unlink(missing_ok=True)
-            text = str(error)
-            self.fail(item.source, text if str(item.source) in text else f"{item.source}: {text}")
+        except Exception as error:  # noqa: BLE001 - one input's failure never stops the others
+            self.fail(item.source, _message(item.source, error))
             return
         finally:
             if upcoming is not None:  # the reader thread must be done with the capture before it is released
@@ -478,7 +652,8 @@ class _Run:
             capture.release()
             if writer is not None:
                 writer.release()
-            Path(temporary).unlink(missing_ok=True)
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
             self._retotal(-max(expected - frames, 0))  # the bar ends at the frames decoded
         assert size is not None
         self.rows[index] = self._row(item, size[0], size[1], frames, counts)
@@ -490,15 +665,38 @@ class _Run:
 
 
 def _frame_count(path: Path) -> int:
-    """The frame count a video's container announces (at least 1; 1 when it cannot be opened)."""
+    """The frame count a video's container announces (at least 1; 1 when it cannot be opened or is no regular
+    file, which OpenCV would wait on forever)."""
     import cv2
 
-    capture = cv2.VideoCapture(str(path))
+    if _not_regular(path) is not None:
+        return 1
+    try:
+        capture = cv2.VideoCapture(str(path))
+    except Exception:  # noqa: BLE001 - the video step reports the file
+        return 1
     try:
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+    except (ValueError, OverflowError):  # a NaN or infinite count
+        count = 0
     finally:
         capture.release()
     return max(count, 1)
+
+
+def _rows_csv(header: list[str], rows: Iterator[list[object]]) -> Callable[[IO[bytes]], None]:
+    """A writer of ``predictions.csv``: UTF-8, formula-like cells neutralised (:func:`csv_cell`)."""
+
+    def write(stream: IO[bytes]) -> None:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")  # type: ignore[arg-type]
+        writer = csv.writer(text)
+        writer.writerow([csv_cell(cell) for cell in header])
+        for row in rows:
+            writer.writerow([csv_cell(cell) for cell in row])
+        text.flush()
+        text.detach()
+
+    return write
 
 
 def predict_inputs(
@@ -520,6 +718,8 @@ def predict_inputs(
 
     ``palette`` defaults to the segmenter's (the checkpoint's); ``batch`` (default: ``segmenter.max_batch``) is
     how many images of one size go through the network at once; ``workers`` threads decode and encode files.
+    Raises :class:`UnsafeOutputs` before anything is written when an output would overwrite an input or leave
+    ``out`` (:func:`plan_outputs`), ``ValueError`` for a bad argument.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -540,6 +740,8 @@ def predict_inputs(
         items, failures = list(given), []
     else:
         items, failures = expand_inputs(given, exclude=out)  # type: ignore[arg-type]
+    items, clashes = plan_outputs(items, out, overlay=overlay, save_proba=save_proba)  # before any write
+    failures += clashes
     out.mkdir(parents=True, exist_ok=True)
     outputs = _Outputs(out, segmenter.classes, colours, overlay, alpha, save_proba)  # type: ignore[arg-type]
     # The progress bar counts images and video frames, so that its ETA holds for videos too.
@@ -564,18 +766,8 @@ def predict_inputs(
         run.close()
         bar.close()
     report = run.report
-    report.csv_path = out / "predictions.csv"
+    report.csv_path = out / CSV_NAME
     header = ["input", "output", "height", "width", "frames", *segmenter.classes]
-
-    def write_csv(stream: io.BufferedWriter) -> None:
-        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
-        writer = csv.writer(text)
-        writer.writerow(header)
-        for index in sorted(run.rows):
-            writer.writerow(run.rows[index])
-        text.flush()
-        text.detach()
-
-    _atomic(report.csv_path, write_csv)
+    _atomic(report.csv_path, _rows_csv(header, (run.rows[index] for index in sorted(run.rows))))
     report.seconds = time.perf_counter() - started
     return report

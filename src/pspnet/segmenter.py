@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .data.classes import default_palette
 from .data.io import to_rgb8, read_image
-from .inference import InferenceSettings, infer_proba, normalize, resolve_device
+from .inference import DEFAULT_MAX_PIXELS, InferenceSettings, infer_proba, normalize, resolve_device
 from .models.pspnet import PSPNet
 from .weights.model_file import load_model, normalization
 
@@ -120,6 +120,7 @@ class Segmenter:
         flip: bool = False,
         *,
         max_batch: int = 4,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Segmenter:
         """Load a model file or a training run directory (its best, else latest, model) once.
 
@@ -127,10 +128,18 @@ class Segmenter:
         or "fp16" (autocast). ``mode``: "whole", "slide" or "auto" (sliding windows when a side exceeds the
         checkpoint's crop after resizing the long side to its base size). ``scales`` and ``flip``: multi-scale and
         flip averaging of the official test protocol. Crop and base size come from the checkpoint's metadata.
+        ``max_pixels``: the most pixels of any image inference makes (:data:`pspnet.inference.DEFAULT_MAX_PIXELS`,
+        16.8 MP); a photo above it is refused with a ``ValueError``, and settings that could exceed it (a base size
+        at the largest scale, as a square) are refused here with a ``ValueError`` naming the limit.
         """
         model = load_model(path, device=resolve_device(device))
         settings = InferenceSettings.from_meta(
-            model.meta, precision=precision, mode=mode, scales=tuple(float(s) for s in scales), flip=bool(flip)
+            model.meta,
+            precision=precision,
+            mode=mode,
+            scales=tuple(float(s) for s in scales),
+            flip=bool(flip),
+            max_pixels=max_pixels,
         )
         return cls(model, settings, max_batch=max_batch)
 

@@ -5,6 +5,7 @@ Conventions every other module relies on:
 - an image is ``np.ndarray (H, W, 3) uint8`` RGB, shown upright: the EXIF orientation is applied;
 - a mask read from disk holds the raw integers of the file (palette PNGs give their *indices*, never colours); only
   an RGB(A) mask comes back as ``(H, W, 3) uint8`` so that the folder data set can map colours to classes;
+- only regular files are read (a FIFO or device would block forever): anything else is refused by name;
 - every failure (missing, unreadable, truncated, unsupported) is a :class:`~pspnet.errors.DataError` naming the file:
   no raw Pillow exception escapes, so a training run that meets a bad file says which one.
 """
@@ -12,8 +13,10 @@ Conventions every other module relies on:
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,6 +27,7 @@ from .classes import default_palette
 
 __all__ = [
     "EXIF_ORIENTATION",
+    "open_regular",
     "read_image",
     "read_image_and_orientation",
     "read_mask",
@@ -51,18 +55,46 @@ def orientation_words(orientation: int) -> str:
     return _ORIENTATION_WORDS.get(orientation, "upright")
 
 
-def _open_loaded(path: str | os.PathLike, what: str) -> Image.Image:
-    """Open ``path`` and decode every pixel now, so that a truncated file fails here and names itself."""
+def open_regular(path: str | os.PathLike, what: str) -> IO[bytes]:
+    """``path`` opened for binary reading, only when it is a regular file (symlinks followed); else a DataError.
+
+    A FIFO, socket or device would block a reader forever or stream without end. The file is opened without
+    blocking and checked on the open descriptor (``fstat``), so nothing can be swapped in between check and read.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            # load() decodes the whole file: a truncated JPEG or PNG raises here instead of giving grey rows later.
-            # The pixels stay in memory after the file is closed (multi-frame files would keep it open otherwise).
-            image.load()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected an {what} file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot open {what} file: {error.strerror or error}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise DataError(f"{path}: is a folder, expected an {what} file")
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path}: not a regular file (a FIFO, socket or device), expected an {what} file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_loaded(path: str | os.PathLike, what: str) -> Image.Image:
+    """Open ``path`` (a regular file only, :func:`open_regular`) and decode every pixel now, so that a truncated
+    file fails here and names itself."""
+    path = Path(path)
+    try:
+        with open_regular(path, what) as handle, Image.open(handle) as image:
+            # load() decodes the whole file: a truncated JPEG or PNG raises here instead of giving grey rows later.
+            # The pixels stay in memory after the file is closed (multi-frame files would keep it open otherwise).
+            image.load()
+    except DataError:
+        raise
     except Image.UnidentifiedImageError:
         raise DataError(f"{path}: not an image file Pillow can read (unknown format or corrupt header)") from None
     except MemoryError:

@@ -22,7 +22,7 @@ from ..atomic import atomic_open
 from ..data.datasets import SegmentationDataset
 from ..data.io import write_mask_png
 from ..errors import DataError
-from ..inference import InferenceSettings, infer_proba, normalize
+from ..inference import InferenceSettings, check_image_size, infer_proba, normalize
 from ..models.pspnet import PSPNet
 from ..weights.model_file import normalization
 from .distributed import all_reduce_sum, rank_and_world
@@ -90,6 +90,10 @@ def evaluate(
         disable=not progress,
     )
     for sample in bar:
+        try:  # an image above the pixel cap is a bad file of the data set, named, before any allocation
+            check_image_size(*np.shape(sample["image"])[:2], settings)
+        except ValueError as error:
+            raise DataError(f"{dataset.samples[sample['index']].image}: {error}") from None
         image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)[None].to(device)
         probs = infer_proba(model, normalize(image, mean, std, dtype=dtype), settings)  # (1, K, H, W)
         pred = probs.argmax(1)[0]  # (H, W)

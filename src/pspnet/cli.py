@@ -204,7 +204,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from .config import load_train_config
-    from .engine.train import NonFiniteLossError, train
+    from .engine import distributed
+    from .engine.train import NonFiniteLossError, TrainingStopped, train
 
     config_path = args.config
     if config_path is None:
@@ -236,6 +237,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except TrainingStopped as stopped:  # SIGTERM / SIGINT: the last completed step is saved (rank 0 reports it)
+        if stopped.is_main:
+            if stopped.checkpoint is not None:
+                how = "saved" if stopped.saved else "its checkpoint is"
+                line = f"after iteration {stopped.iteration}: {how} {stopped.checkpoint}"
+            else:
+                line = "before a training step completed: nothing new to save"
+            print(f"stopped by {stopped.signal_name} {line}", file=sys.stderr)
+            if stopped.checkpoint is None and resume is not None and Path(resume).resolve() != out.resolve():
+                print(f"continue from {resume} by running the same command again", file=sys.stderr)
+            else:
+                where = " (on every node)" if distributed.node_count() > 1 else ""
+                command = distributed.launch_command(["train", "--resume", str(out)])
+                print(f"resume with{where}: {command}", file=sys.stderr, flush=True)
+        return stopped.exit_code
     print(
         f"done: model {final / 'model.safetensors'}; best {out / 'best'} (if validated); log {out / 'log.jsonl'}; "
         f"curve {out / 'curve.png'}"
@@ -436,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train with the official recipe (SGD 0.9, poly 0.9, 10x head LR, main + 0.4 aux loss, the "
         "paper's augmentation) from a flat YAML config (see configs/). Checkpoints go to OUT/ckpt_N/ (model + "
         "training state, written atomically; the last keep_last kept) and OUT/best/ (best validation mIoU). "
-        "Multi-GPU / multi-node: torchrun --nproc_per_node N -m pspnet.cli train CONFIG.yaml.",
+        "Multi-GPU / multi-node: torchrun --nproc_per_node N -m pspnet.cli train CONFIG.yaml. On SIGTERM or "
+        "SIGINT the run saves its last completed step, prints the resume command and exits with 143 or 130.",
     )
     tr.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="flat YAML config (optional with --resume RUN)")
     tr.add_argument(

@@ -4,17 +4,34 @@ Under ``torchrun`` the environment holds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RA
 initialised with NCCL on CUDA and gloo on the CPU, and each process takes the GPU of its local rank. Without
 them nothing is initialised and every helper here acts as the identity, so single-process code needs no branches
 (and never fails with "default process group has not been initialised").
+
+:func:`launch_command` gives the shell command that starts ``pspnet`` again the way this process was launched
+(plain, or torchrun with the same number of processes per node, nodes and rendezvous endpoint), for the resume
+command a stopped run prints.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "gather_objects", "rank_and_world", "setup"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_max",
+    "all_reduce_sum",
+    "barrier",
+    "cleanup",
+    "gather_objects",
+    "launch_command",
+    "node_count",
+    "rank_and_world",
+    "setup",
+]
 
 
 @dataclass(frozen=True)
@@ -47,8 +64,8 @@ def setup(device: torch.device) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all processes in place (identity in a single process); returns it.
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType) -> torch.Tensor:
+    """Reduce ``tensor`` over all processes in place with ``op`` (identity in a single process); returns it.
 
     NCCL reduces only CUDA tensors: a CPU tensor goes through this process's GPU and back.
     """
@@ -56,11 +73,21 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     if "nccl" in str(dist.get_backend()).lower() and tensor.device.type != "cuda":
         work = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        dist.all_reduce(work, op=op)
         tensor.copy_(work.to(tensor.device))
     else:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=op)
     return tensor
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes in place (identity in a single process); returns it."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over all processes in place (identity in a single process); returns it."""
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -88,3 +115,31 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def node_count() -> int:
+    """Nodes of this torchrun job: ``GROUP_WORLD_SIZE``, else ``WORLD_SIZE // LOCAL_WORLD_SIZE``; 1 without torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return int(os.environ.get("GROUP_WORLD_SIZE", str(max(world // max(per_node, 1), 1))))
+
+
+def launch_command(args: Sequence[str]) -> str:
+    """The shell command that runs ``pspnet ARGS`` the way this process was started.
+
+    A single process: ``pspnet ARGS``. Under torchrun (``WORLD_SIZE`` > 1), on one node: ``torchrun --standalone
+    --nproc_per_node N -m pspnet.cli ARGS`` with N = ``LOCAL_WORLD_SIZE``; on several nodes also ``--nnodes``
+    (``GROUP_WORLD_SIZE``) and ``--rdzv-backend c10d --rdzv-endpoint MASTER_ADDR:MASTER_PORT``, to be run on every node.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return shlex.join(["pspnet", *args])
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = node_count()
+    if nodes <= 1:
+        launcher = ["torchrun", "--standalone", "--nproc_per_node", str(per_node)]
+    else:
+        endpoint = f"{os.environ.get('MASTER_ADDR', 'HOST')}:{os.environ.get('MASTER_PORT', '29500')}"
+        launcher = ["torchrun", "--nnodes", str(nodes), "--nproc_per_node", str(per_node)]
+        launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint]
+    return shlex.join([*launcher, "-m", "pspnet.cli", *args])

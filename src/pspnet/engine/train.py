@@ -12,6 +12,13 @@ every micro-batch is divided by the number of labelled pixels of the whole step 
 so the gradient is that of the step's mean loss however the batch is split. With ``class_weighting:
 median_frequency`` each pixel's loss is weighted by its class's median-frequency weight, computed once from the
 training masks, and the divisor is the sum of the step's pixel weights instead of their count.
+
+Preemption: SIGTERM or SIGINT during :func:`train` only sets a flag. Every process checks it (one all-reduce, so all
+stop after the same step) after fetching a step's batches and after each optimiser step; the run then writes a
+checkpoint of its last completed step by the usual path (no validation) and raises :class:`TrainingStopped`, which
+``pspnet train`` turns into the resume command and exit status 143 (SIGTERM) or 130 (SIGINT). Every checkpoint
+written is recorded in ``RUN/log.jsonl`` (``{"iteration": N, "event": "checkpoint", "path": "ckpt_N"}``), so that a
+``--resume`` of a run whose checkpoints are gone is refused instead of silently starting again.
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ import contextlib
 import importlib
 import json
 import math
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import numpy as np
@@ -46,11 +57,92 @@ from . import distributed
 from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, rng_state, save_checkpoint
 from .losses import label_weight_sum, loss_sum, median_frequency_weights
 
-__all__ = ["NonFiniteLossError", "class_pixel_statistics", "param_groups", "poly_lr", "step_batches", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainingStopped",
+    "class_pixel_statistics",
+    "param_groups",
+    "poly_lr",
+    "step_batches",
+    "train",
+]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+
+class TrainingStopped(Exception):
+    """:func:`train` stopped early on SIGTERM or SIGINT, after saving the state of its last completed step.
+
+    Raised on every process alike. ``signum``: the signal acted on (the same on every process); ``iteration``: the
+    optimiser steps done; ``checkpoint``: ``RUN/ckpt_{iteration}`` when it exists (written now or earlier), None
+    when the run stopped before completing a step since its start and has no checkpoint of that iteration in RUN;
+    ``saved``: whether this stop wrote it; ``is_main``: raised on rank 0 (the process that reports it).
+    """
+
+    def __init__(self, signum: int, *, iteration: int, checkpoint: Path | None, saved: bool, is_main: bool):
+        self.signum = signum
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+        self.saved = saved
+        self.is_main = is_main
+        super().__init__(f"stopped by {self.signal_name} after iteration {iteration}")
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, what a shell reports for a process ended by it: 143 SIGTERM, 130 SIGINT."""
+        return 128 + self.signum
+
+
+class _StopRequest:
+    """SIGTERM and SIGINT turned into a request to stop at the next step boundary: the handler only records the
+    first signal, so repeated signals (a second Ctrl-C, a launcher forwarding one again) never interrupt a save.
+
+    A context manager: installs the handlers on entry and restores the previous ones on exit. Python allows signal
+    handlers only in the main thread: elsewhere nothing is installed. A signal ignored on entry (a job started with
+    ``nohup`` or in the background of a non-interactive shell ignores SIGINT) stays ignored.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        for signum, previous in self._previous.items():  # None: a handler not set from Python; the default then
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the training DataLoader: its worker processes ignore SIGTERM and SIGINT.
+
+    They share the main process's process group, so Ctrl-C and torchrun's shutdown (a signal to the group) reach them
+    too; torch's worker loop would end on KeyboardInterrupt, and a worker ended by SIGTERM makes torch raise in the
+    main process in the middle of a step. The main process decides when to stop; the workers end when it shuts its
+    loader down (or, should it die, when their watchdog sees it gone).
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float = 0.9) -> float:
@@ -131,8 +223,28 @@ class _Log:
             self.writer.close()
 
 
+def _logged_checkpoints(run_dir: Path) -> list[int]:
+    """The iterations of the checkpoints that ``run_dir/log.jsonl`` records as written ("checkpoint" events)."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(record, dict) and record.get("event") == "checkpoint" and type(record.get("iteration")) is int:
+            found.append(record["iteration"])
+    return found
+
+
 def _resolve_resume(resume: str | Path, out: Path) -> Path | None:
-    """The checkpoint to continue from; None when ``resume`` is this run's directory and it has none yet."""
+    """The checkpoint to continue from; None when ``resume`` is this run's directory and it never wrote one.
+
+    A run directory without checkpoints whose log.jsonl records some (deleted since) is refused: starting again
+    from iteration 0 there would silently throw its progress away.
+    """
     path = Path(resume)
     if (path / "state.safetensors").is_file():
         return path
@@ -140,9 +252,24 @@ def _resolve_resume(resume: str | Path, out: Path) -> Path | None:
         found = latest_checkpoint(path)
         if found is not None:
             return found
+        logged = _logged_checkpoints(path)
+        if logged:
+            raise ConfigError(
+                f"--resume {resume}: {path / 'log.jsonl'} records checkpoints up to ckpt_{max(logged)} but {path} has "
+                f"none; put them back to continue, or train into another --out to start again"
+            )
         if path.resolve() == out.resolve():  # killed before its first checkpoint: start from the beginning
             return None
     raise ConfigError(f"--resume {resume}: no checkpoint there (expected RUN_DIR with ckpt_N/ or a ckpt_N/ directory)")
+
+
+def _keep_log_aside(path: Path) -> Path:
+    """Rename the log of a run that starts again from iteration 0 to the first free ``log.K.jsonl``; returns it."""
+    k = 1
+    while (aside := path.with_name(f"{path.stem}.{k}{path.suffix}")).exists():
+        k += 1
+    path.rename(aside)
+    return aside
 
 
 def _validate(model: PSPNet, dataset: SegmentationDataset, config: TrainConfig, device: torch.device) -> dict:
@@ -190,18 +317,25 @@ def train(
     """Train by ``config`` into the run directory ``out``; returns the final checkpoint directory.
 
     ``resume`` is a run directory (its latest ``ckpt_N``) or a ``ckpt_N`` directory to continue from exactly.
+
+    SIGTERM and SIGINT (handled from the end of the process-group set-up until return) stop the run at the next
+    step boundary, on every process at the same iteration: the last completed step is saved as ``ckpt_N`` (no
+    validation is run, a validation due at that iteration is skipped) and :class:`TrainingStopped` is raised.
     """
     device = resolve_device(config.device)
     dist = distributed.setup(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(config, Path(out), resume, progress, dist)
+        with _StopRequest() as stop:
+            return _train(config, Path(out), resume, progress, dist, stop)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         distributed.cleanup()
 
 
-def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: bool, dist) -> Path:
+def _train(
+    config: TrainConfig, out: Path, resume: str | Path | None, progress: bool, dist, stop: _StopRequest
+) -> Path:
     device = dist.device
     if config.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device (loss scaling); use bf16 on the CPU")
@@ -316,7 +450,10 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     log = None
     if dist.is_main:
-        resume_from = state.iteration if resume is not None else None  # drop what a killed run logged later
+        resume_from = state.iteration if checkpoint is not None else None  # drop what a killed run logged later
+        if checkpoint is None and (out / "log.jsonl").is_file():  # starting again: keep the old log, do not mix it in
+            aside = _keep_log_aside(out / "log.jsonl")
+            print(f"{out / 'log.jsonl'} kept as {aside}: this run starts again from iteration 0", file=sys.stderr)
         log = _Log(out / "log.jsonl", resume_from=resume_from, tensorboard=config.tensorboard)
         if class_weights is not None:
             named = {name: round(float(w), 4) for name, w in zip(info.classes, class_weights.tolist())}
@@ -327,8 +464,10 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     val_every = config.val_every or config.checkpoint_every
     last_good = str(checkpoint) if checkpoint is not None else None
 
+    start_iteration, saved_iteration = state.iteration, -1  # saved_iteration: the last checkpoint this run wrote
+
     def save(best: bool = False) -> Path | None:
-        nonlocal last_good
+        nonlocal last_good, saved_iteration
         finite = torch.tensor(
             float(all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())),
             device=device,
@@ -353,13 +492,23 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                 best=best,
             )
             last_good = str(path)
+            if log is not None:
+                log.write({"iteration": state.iteration, "event": "checkpoint", "path": path.name})
+        saved_iteration = state.iteration
         distributed.barrier()
         return path
+
+    def stop_signal() -> int | None:
+        """The signal every process acts on now (the largest one any received: SIGTERM before SIGINT), or None."""
+        flag = torch.tensor([stop.signum or 0], dtype=torch.int64, device=device)
+        agreed = int(distributed.all_reduce_max(flag)[0])
+        return agreed or None
 
     bar = tqdm(total=total, initial=state.iteration, desc="train", unit="it", disable=not (progress and dist.is_main))
     window_images, window_start = 0, time.perf_counter()
     final: Path | None = None
-    while state.iteration < total:
+    stopped: int | None = None  # the signal the run stops on
+    while state.iteration < total and stopped is None:
         epoch, first = divmod(state.iteration, steps_per_epoch)
         state.epoch = epoch
         train_set.set_epoch(epoch)
@@ -379,11 +528,15 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             collate_fn=collate,
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG (dropout) untouched
+            worker_init_fn=_ignore_stop_signals,
         )
         batches = iter(loader)
         for _ in steps:
             started = time.perf_counter()
             micro = [next(batches) for _ in range(config.accumulate)]
+            stopped = stop_signal()  # a signal during validation, saving or fetching: this step has not started
+            if stopped is not None:
+                break
             iteration = state.iteration + 1
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], iteration, total, config.poly_power)
@@ -458,6 +611,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                         }
                     )
                 window_images, window_start = 0, time.perf_counter()
+            stopped = stop_signal()  # every process stops after this same step
+            if stopped is not None:
+                break
             is_best = False
             if val_set is not None and (iteration % val_every == 0 or iteration == total):
                 report = _validate(model, val_set, config, device)  # every process: each scores its share
@@ -483,7 +639,23 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             if iteration % config.checkpoint_every == 0 or iteration == total or is_best:
                 final = save(best=is_best)
                 window_start = time.perf_counter()
+        del batches  # shuts the loader's worker processes down now
     bar.close()
+    if stopped is not None:
+        saved = state.iteration > start_iteration and saved_iteration != state.iteration
+        if saved:  # not validated: a validation can outlast a scheduler's grace period
+            save()
+        if log is not None:
+            log.write({"iteration": state.iteration, "event": "stopped", "signal": signal.Signals(stopped).name})
+            log.close()
+        kept = out / f"ckpt_{state.iteration}"
+        raise TrainingStopped(
+            stopped,
+            iteration=state.iteration,
+            checkpoint=kept if kept.is_dir() else None,
+            saved=saved,
+            is_main=dist.is_main,
+        )
     if log is not None:
         log.close()
     if dist.is_main:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "config_from_dict", "load_train_config"]
+__all__ = [
+    "ConfigError",
+    "MAX_CHANNELS",
+    "MAX_CLASSES",
+    "ModelConfig",
+    "TrainConfig",
+    "check_model_config",
+    "config_from_dict",
+    "load_train_config",
+]
 
 
 class ConfigError(ValueError):
@@ -39,6 +49,74 @@ class ModelConfig:
         out = dataclasses.asdict(self)
         out["bins"] = list(self.bins)
         return out
+
+
+# Bounds of the model fields. A class id must fit a 16-bit PNG label map (with the ignore value above the class
+# ids); the pyramid's branches share layer4's 512 or 2048 channels equally; a bin finer than the feature map only
+# repeats its pixels (128 = a 1024-pixel side at output stride 8); no published head is wider than 8192 channels.
+MAX_CLASSES = 65535
+BIN_COUNTS = (1, 2, 4, 8)
+MAX_BIN = 128
+MAX_CHANNELS = 8192
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON and YAML ``true`` are bools)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` (tuples as lists), cut to ``limit`` characters for an error message."""
+    text = repr(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _model_rules() -> list[tuple[str, Any, str]]:
+    """(field, predicate, allowed values) of every ModelConfig field; the one statement of their ranges."""
+    from .models.resnet import STAGE_BLOCKS, STEMS
+
+    def is_bool(v: Any) -> bool:
+        return isinstance(v, bool)
+
+    def channels(v: Any) -> bool:
+        return is_int(v) and 1 <= v <= MAX_CHANNELS
+
+    def bins(v: Any) -> bool:
+        # each pyramid branch gets an equal share of layer4's 512 or 2048 channels: 1, 2, 4 or 8 branches
+        return isinstance(v, (tuple, list)) and len(v) in BIN_COUNTS and all(is_int(b) and 1 <= b <= MAX_BIN for b in v)
+
+    return [
+        ("num_classes", lambda v: is_int(v) and 1 <= v <= MAX_CLASSES, f"an integer in [1, {MAX_CLASSES}]"),
+        ("depth", lambda v: is_int(v) and v in STAGE_BLOCKS, f"one of {sorted(STAGE_BLOCKS)}"),
+        ("stem", lambda v: isinstance(v, str) and v in STEMS, f"one of {sorted(STEMS)}"),
+        ("output_stride", lambda v: is_int(v) and v in (8, 16, 32), "8, 16 or 32"),
+        ("contract_dilation", is_bool, "true or false"),
+        ("bins", bins, f"a list of 1, 2, 4 or 8 integers in [1, {MAX_BIN}]"),
+        ("head_channels", channels, f"an integer in [1, {MAX_CHANNELS}]"),
+        ("aux", is_bool, "true or false"),
+        ("aux_channels", channels, f"an integer in [1, {MAX_CHANNELS}]"),
+        ("dropout", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        ("align_corners", is_bool, "true or false"),
+        ("ppm", is_bool, "true or false"),
+    ]
+
+
+def check_model_config(config: ModelConfig | TrainConfig, where: str, *, prefix: str = "") -> None:
+    """Raise a ConfigError ``"{where}: {prefix}{field} must be ..., got ..."`` for the first model field of
+    ``config`` that is out of range (types included, so a config built in code is checked too).
+
+    ``config`` is a :class:`ModelConfig` or a :class:`TrainConfig` (which has every model field but
+    ``num_classes``). Used by training configs, model files (:mod:`pspnet.weights.model_file`) and
+    :class:`~pspnet.models.pspnet.PSPNet` itself, so the rules are written once.
+    """
+    for name, allowed, rule in _model_rules():
+        if hasattr(config, name) and not allowed(getattr(config, name)):
+            raise ConfigError(f"{where}: {prefix}{name} must be {rule}, got {shown(getattr(config, name))}")
 
 
 T = TypeVar("T")
@@ -238,7 +316,6 @@ def _validate_train(c: TrainConfig, where: str) -> None:
     if c.checkpoint_every < 1 or c.keep_last < 1 or c.log_every < 1:
         fail("checkpoint_every, keep_last and log_every must be positive")
     from .data.datasets import DATASET_READERS
-    from .models.resnet import STAGE_BLOCKS, STEMS
 
     if c.dataset not in DATASET_READERS:
         fail(f"dataset must be one of {sorted(DATASET_READERS)}, got {c.dataset!r}")
@@ -246,17 +323,10 @@ def _validate_train(c: TrainConfig, where: str) -> None:
         fail(f"class_weighting must be none or median_frequency, got {c.class_weighting!r}")
     if c.val_mode not in ("auto", "whole", "slide"):
         fail(f"val_mode must be auto, whole or slide, got {c.val_mode!r}")
-    for key in ("rotate_p", "blur_p", "flip_p", "dropout"):
+    for key in ("rotate_p", "blur_p", "flip_p"):
         if not 0.0 <= getattr(c, key) <= 1.0:
             fail(f"{key} must be within [0, 1], got {getattr(c, key)}")
-    if c.depth not in STAGE_BLOCKS:
-        fail(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {c.depth}")
-    if c.stem not in STEMS:
-        fail(f"stem must be one of {sorted(STEMS)}, got {c.stem!r}")
-    if c.output_stride not in (8, 16, 32):
-        fail(f"output_stride must be 8, 16 or 32, got {c.output_stride}")
-    if not c.bins or min(c.bins) < 1:
-        fail(f"bins must be positive integers, got {list(c.bins)}")
+    check_model_config(c, where)
     if c.workers < 0 or (c.val_limit is not None and c.val_limit < 1) or (c.val_every is not None and c.val_every < 1):
         fail("workers must be >= 0, val_limit and val_every positive")
     if c.lr < 0 or c.head_lr_mult < 0 or c.weight_decay < 0 or not 0 <= c.momentum < 1:

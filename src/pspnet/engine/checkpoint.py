@@ -14,7 +14,9 @@ only whole checkpoints behind.
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,18 +24,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import is_int, is_number
 from ..errors import CheckpointError
 from ..weights.model_file import (
     FORMAT_VERSION,
     check_state_dict,
+    metadata_error,
     read_weights_file,
     run_checkpoints,
     save_model,
+    validate_model_file,
     write_weights_file,
 )
 
-__all__ = ["TrainState", "latest_checkpoint", "load_checkpoint", "repair_run_dir", "rng_state", "save_checkpoint"]
-
+__all__ = [
+    "TrainState",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "repair_run_dir",
+    "rng_state",
+    "save_checkpoint",
+    "train_state_from_meta",
+]
 
 
 @dataclass
@@ -138,40 +150,162 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+# -- reading a training state back, checked -------------------------------------------------------------------------
+
+# GradScaler.state_dict() of an fp16 run ({} for the other precisions), with the ranges GradScaler accepts.
+_SCALER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "scale": (lambda v: is_number(v) and v > 0, "a positive finite number"),
+    "growth_factor": (lambda v: is_number(v) and v > 1, "a finite number > 1"),
+    "backoff_factor": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "growth_interval": (lambda v: is_int(v) and v >= 1, "a positive integer"),
+    "_growth_tracker": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+}
+
+
+def _check_scaler(path: Path, value: Any) -> None:
+    if not isinstance(value, dict) or (value and set(value) != set(_SCALER_RULES)):
+        raise metadata_error(path, "scaler", f"{{}} or an object with the keys {', '.join(_SCALER_RULES)}", value)
+    for key, item in value.items():
+        allowed, rule = _SCALER_RULES[key]
+        if not allowed(item):
+            raise metadata_error(path, f"scaler.{key}", rule, item)
+
+
+def _check_class_weights(path: Path, value: Any, num_classes: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or len(value) != num_classes:
+        raise metadata_error(path, "class_weights", f"null or a list of {num_classes} numbers (one per class)", value)
+    for i, weight in enumerate(value):
+        if not is_number(weight) or weight <= 0:
+            raise metadata_error(path, f"class_weights[{i}]", "a positive finite number", weight)
+
+
+# The keys of a training state's metadata. kind, format_version and tensors_sha256 are checked by read_weights_file
+# (and kind below), scaler and class_weights by the functions above, the rest by these rules.
+_STATE_REQUIRED = ("kind", "format_version", "tensors_sha256", "iteration", "epoch", "step_in_epoch")
+_STATE_OPTIONAL = ("best_miou", "best_iteration", "train_seconds", "scaler", "class_weights", "config")
+_STATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "iteration": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    "epoch": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    "step_in_epoch": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    "best_miou": (lambda v: v is None or (is_number(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
+    "best_iteration": (lambda v: v is None or (is_int(v) and v >= 0), "null or an integer >= 0"),
+    "train_seconds": (lambda v: is_number(v) and v >= 0, "a finite number >= 0"),
+    "config": (lambda v: isinstance(v, dict), "an object (the run's config)"),
+}
+
+
+def train_state_from_meta(path: Path, info: Mapping[str, Any], *, num_classes: int) -> tuple[TrainState, dict]:
+    """The counters and the run config of a ``state.safetensors`` file's metadata, every field checked.
+
+    Raises a CheckpointError naming ``path`` and the field: another kind of file, unknown or missing keys,
+    counters that are not integers >= 0, ``best_miou`` outside [0, 1], ``best_iteration`` after ``iteration``, a
+    malformed loss-scaler state, class weights that are not ``num_classes`` positive finite numbers, a config that
+    is not an object. Keys of ``_STATE_OPTIONAL`` that are absent take TrainState's defaults.
+    """
+    if info.get("kind") != "train_state":
+        raise CheckpointError(f"{path}: not a training state (kind {info.get('kind')!r})")
+    unknown = sorted(set(info) - set(_STATE_REQUIRED) - set(_STATE_OPTIONAL))
+    missing = [key for key in _STATE_REQUIRED if key not in info]
+    if unknown or missing:
+        problems = [f"unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
+        problems += [f"missing key(s) {', '.join(missing)}"] if missing else []
+        raise CheckpointError(f"{path}: training state metadata with {' and '.join(problems)}")
+    for key, (allowed, rule) in _STATE_RULES.items():
+        if key in info and not allowed(info[key]):
+            raise metadata_error(path, key, rule, info[key])
+    if info.get("best_iteration") is not None and info["best_iteration"] > info["iteration"]:
+        raise metadata_error(path, "best_iteration", f"at most iteration ({info['iteration']})", info["best_iteration"])
+    _check_scaler(path, info.get("scaler", {}))
+    _check_class_weights(path, info.get("class_weights"), num_classes)
+    state = TrainState(
+        iteration=info["iteration"],
+        epoch=info["epoch"],
+        step_in_epoch=info["step_in_epoch"],
+        best_miou=None if info.get("best_miou") is None else float(info["best_miou"]),
+        best_iteration=info.get("best_iteration"),
+        train_seconds=float(info.get("train_seconds", 0.0)),
+        scaler=info.get("scaler", {}),
+        class_weights=None if info.get("class_weights") is None else [float(w) for w in info["class_weights"]],
+    )
+    return state, info.get("config", {})
+
+
+def _optimizer_buffers(
+    path: Path, tensors: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
+) -> list[tuple[torch.nn.Parameter, str, torch.Tensor]]:
+    """(parameter, buffer name, value) of every ``optimizer.G.P.NAME`` tensor, each checked against its parameter:
+    the parameter exists, and the buffer has its shape and dtype and is finite."""
+    params = [list(group["params"]) for group in optimizer.param_groups]
+    found = []
+    for key in sorted(k for k in tensors if k.startswith("optimizer.")):
+        match = re.fullmatch(r"optimizer\.(\d+)\.(\d+)\.(\w+)", key)
+        g, p = (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
+        if not (0 <= g < len(params) and 0 <= p < len(params[g])):
+            raise CheckpointError(
+                f"{path}: optimiser state '{key}' belongs to no parameter of this run's optimiser "
+                f"({len(params)} parameter groups of {[len(group) for group in params]} parameters)"
+            )
+        value, param = tensors[key], params[g][p]
+        if value.shape != param.shape or value.dtype != param.dtype:
+            raise CheckpointError(
+                f"{path}: optimiser state '{key}' is {str(value.dtype).removeprefix('torch.')} "
+                f"{tuple(value.shape)}; its parameter is {str(param.dtype).removeprefix('torch.')} {tuple(param.shape)}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            count = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: optimiser state '{key}' holds {count} non-finite value(s) (NaN or inf)")
+        found.append((param, match.group(3), value))  # type: ignore[union-attr]
+    return found
+
+
+def _rng_tensors(path: Path, tensors: Mapping[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """Process ``rank``'s random states ``{"torch": ..., "cuda": ...}``; every ``rng.*`` tensor is a uint8 vector
+    and the CPU generator's has the size this PyTorch uses."""
+    for key in [k for k in tensors if not k.startswith("optimizer.")]:
+        value = tensors[key]
+        if not re.fullmatch(r"rng\.(torch|cuda)\.\d+", key):
+            raise CheckpointError(f"{path}: unknown tensor '{key}' (a training state holds optimizer.* and rng.*)")
+        if value.dtype != torch.uint8 or value.dim() != 1:
+            raise CheckpointError(
+                f"{path}: random state '{key}' must be a uint8 vector, got {str(value.dtype).removeprefix('torch.')} "
+                f"{tuple(value.shape)}"
+            )
+    if f"rng.torch.{rank}" not in tensors:
+        raise CheckpointError(f"{path}: no random state for process {rank} (saved with fewer processes)")
+    cpu = tensors[f"rng.torch.{rank}"]
+    if cpu.shape != torch.get_rng_state().shape:
+        raise CheckpointError(
+            f"{path}: random state 'rng.torch.{rank}' has {cpu.numel()} bytes; this PyTorch's CPU generator has "
+            f"{torch.get_rng_state().numel()}"
+        )
+    return {name: tensors[f"rng.{name}.{rank}"] for name in ("torch", "cuda") if f"rng.{name}.{rank}" in tensors}
+
+
 def load_checkpoint(
     checkpoint: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, rank: int = 0
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore weights, optimiser buffers and process ``rank``'s RNG states from ``checkpoint`` (a ``ckpt_N``).
 
-    Returns the counters and the run config saved with it.
+    Returns the counters and the run config saved with it. Both files are checked in full before anything is
+    restored: ``model.safetensors`` as any model file (:func:`pspnet.weights.model_file.validate_model_file`) and
+    against ``model``; ``state.safetensors`` by :func:`train_state_from_meta` and its tensors against ``optimizer``.
+    A problem raises a CheckpointError naming the file and the field or tensor.
     """
-    weights, _ = read_weights_file(checkpoint / "model.safetensors")
-    tensors, info = read_weights_file(checkpoint / "state.safetensors")
-    if info.get("kind") != "train_state":
-        raise CheckpointError(f"{checkpoint / 'state.safetensors'}: not a training state")
-    check_state_dict(checkpoint / "model.safetensors", weights, model.state_dict())  # names keys and shapes
+    model_path, state_path = checkpoint / "model.safetensors", checkpoint / "state.safetensors"
+    weights, meta = read_weights_file(model_path)
+    config, weights = validate_model_file(model_path, weights, meta)
+    check_state_dict(model_path, weights, model.state_dict())  # names keys and shapes (a changed model config)
+    tensors, info = read_weights_file(state_path)
+    state, run_config = train_state_from_meta(state_path, info, num_classes=config.num_classes)
+    buffers = _optimizer_buffers(state_path, tensors, optimizer)
+    rng = _rng_tensors(state_path, tensors, rank)
+
     model.load_state_dict(weights)
-    for g, group in enumerate(optimizer.param_groups):
-        for p, param in enumerate(group["params"]):
-            prefix = f"optimizer.{g}.{p}."
-            for key in [k for k in tensors if k.startswith(prefix)]:
-                value = tensors[key]
-                if value.shape != param.shape:
-                    raise CheckpointError(f"{checkpoint}: optimiser state {key} does not fit its parameter")
-                optimizer.state[param][key[len(prefix) :]] = value.to(device)
-    if f"rng.torch.{rank}" not in tensors:
-        raise CheckpointError(f"{checkpoint}: no random state for process {rank} (saved with fewer processes)")
-    torch.set_rng_state(tensors[f"rng.torch.{rank}"])
-    if f"rng.cuda.{rank}" in tensors and device.type == "cuda":
-        torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], device)
-    state = TrainState(
-        iteration=int(info["iteration"]),
-        epoch=int(info["epoch"]),
-        step_in_epoch=int(info["step_in_epoch"]),
-        best_miou=info.get("best_miou"),
-        best_iteration=info.get("best_iteration"),
-        train_seconds=float(info.get("train_seconds", 0.0)),
-        scaler=info.get("scaler") or {},
-        class_weights=info.get("class_weights"),
-    )
-    return state, info.get("config") or {}
+    for param, name, value in buffers:
+        optimizer.state[param][name] = value.to(device)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    return state, run_config

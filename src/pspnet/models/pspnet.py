@@ -10,7 +10,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_model_config
 from .heads import FCNHead, PSPHead
 from .resnet import ResNet
 
@@ -47,8 +47,6 @@ class PSPNet(nn.Module):
         ppm: bool = True,
     ):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.config = ModelConfig(
             num_classes=num_classes,
             depth=depth,
@@ -63,6 +61,7 @@ class PSPNet(nn.Module):
             align_corners=align_corners,
             ppm=ppm,
         )
+        check_model_config(self.config, "PSPNet")  # a ConfigError (a ValueError) naming the field, before any layer
         self.align_corners = align_corners
         self.backbone = ResNet(depth=depth, stem=stem, output_stride=output_stride, contract_dilation=contract_dilation)
         channels = self.backbone.channels

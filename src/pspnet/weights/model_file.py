@@ -3,7 +3,9 @@
 A model file holds the full state dict of a :class:`~pspnet.models.pspnet.PSPNet` and, under the safetensors
 metadata key ``"pspnet"``, a JSON object (``kind: "model"``, ``format_version: 1``) with the model config, class
 names, palette, ignore index, normalisation (RGB mean/std in [0, 255]), the inference crop and base size, where
-the weights came from, and a SHA-256 of the tensors so that corruption is detected on load.
+the weights came from, and a SHA-256 of the tensors so that corruption is detected on load. Every metadata field
+and every tensor (shape, dtype, finiteness) is checked on load by :func:`validate_model_file`, and before writing
+by :func:`save_model`; docs/model_files.md lists the allowed values.
 
 A backbone file (``kind: "backbone"``) holds ImageNet weights of a :class:`~pspnet.models.resnet.ResNet` for
 training initialisation; it is not a model and :func:`load_model` refuses it.
@@ -13,11 +15,12 @@ Nothing here unpickles anything: PyTorch ``.pth`` files are refused with a point
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,16 @@ from torch import Tensor
 
 from .. import __version__
 from ..atomic import atomic_open
-from ..config import ConfigError, ModelConfig, config_from_dict
+from ..config import (
+    MAX_CLASSES,
+    ConfigError,
+    ModelConfig,
+    check_model_config,
+    config_from_dict,
+    is_int,
+    is_number,
+    shown,
+)
 from ..data.classes import DATASETS, default_palette
 from ..errors import CheckpointError
 from ..models.pspnet import PSPNet, build_model
@@ -35,16 +47,23 @@ from ..models.resnet import ResNet
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_SIDE",
+    "MODEL_FILE_KEYS",
+    "WEIGHT_DTYPES",
     "check_state_dict",
+    "check_tensors",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "load_backbone_weights",
     "load_model",
     "make_meta",
+    "metadata_error",
     "normalization",
     "read_weights_file",
     "resolve_model_path",
     "save_model",
+    "tensors_sha256",
+    "validate_model_file",
     "write_weights_file",
 ]
 
@@ -55,6 +74,13 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 _PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".bin", ".tar", ".ckpt"}
 _CONVERT_HINT = "convert it with 'pspnet convert --from official|mmseg SRC DST.safetensors'"
+KINDS = ("model", "backbone", "train_state")
+# Floating tensors may be stored in these dtypes; they are cast to the model's float32 on load. Integer buffers
+# (BatchNorm's num_batches_tracked) are int64, as PyTorch keeps them.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Largest crop or base size (pixels per side) a model file may ask for; the pixels an image may be resized to are
+# capped separately at inference.
+MAX_SIDE = 65535
 
 
 def normalization(meta: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -71,7 +97,7 @@ def make_meta(
     dataset: str | None = None,
     classes: Sequence[str] | None = None,
     palette: Sequence[Sequence[int]] | None = None,
-    ignore_index: int = 255,
+    ignore_index: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     crop_size: tuple[int, int] | None = None,
@@ -81,7 +107,8 @@ def make_meta(
     """Metadata of a model file. ``dataset`` (a key of ``DATASETS``) fills classes, palette, crop and base size.
 
     Without a data set, classes are named ``class_0..`` and coloured by :func:`default_palette`, and inference
-    uses the paper's ADE20K/VOC settings (crop 473, base size 512). Explicit arguments win over the data set's.
+    uses the paper's ADE20K/VOC settings (crop 473, base size 512). The ignore index defaults to the data set's,
+    else 255, or 65535 for more than 255 classes (it must be no class id). Explicit arguments win.
     """
     info = None
     if dataset is not None:
@@ -99,6 +126,8 @@ def make_meta(
         raise ValueError(f"the model has {k} classes but got {len(names)} class names and {len(colors)} colours")
     if any(len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors):
         raise ValueError("palette colours must be three integers in [0, 255]")
+    if ignore_index is None:
+        ignore_index = info.ignore_index if info else 255 if k <= 255 else MAX_CLASSES
     return {
         "kind": "model",
         "format_version": FORMAT_VERSION,
@@ -117,8 +146,8 @@ def make_meta(
     }
 
 
-def _tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in name order (64 lowercase hex digits)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
@@ -127,28 +156,66 @@ def _tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def write_weights_file(path: str | os.PathLike[str], tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write ``tensors`` and ``meta`` (a JSON-able dict with ``kind``) atomically as a safetensors file."""
-    path = Path(path)
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    meta = dict(meta)
-    meta["tensors_sha256"] = _tensors_sha256(tensors)
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+    """Which floating tensors hold NaN or infinity (the first by name and its count), or None when none does."""
+    bad = [k for k in sorted(tensors) if tensors[k].is_floating_point() and not bool(torch.isfinite(tensors[k]).all())]
+    if not bad:
+        return None
+    count = int((~torch.isfinite(tensors[bad[0]])).sum())
+    more = f", and {len(bad) - 1} more tensor(s) do too" if len(bad) > 1 else ""
+    return f"tensor '{bad[0]}' holds {count} non-finite value(s) (NaN or infinity){more}"
+
+
+def _cpu_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+
+
+def _write(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     data = safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     with atomic_open(path, "wb", durable=True) as handle:
         handle.write(data)
     return path
 
 
+def write_weights_file(path: str | os.PathLike[str], tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` and ``meta`` (a JSON-able dict with ``kind``) atomically as a safetensors file, with the
+    ``tensors_sha256`` of the tensors added to ``meta``.
+
+    Refuses (CheckpointError, nothing written, an existing file kept) tensors that hold NaN or infinity.
+    """
+    path = Path(path)
+    tensors = _cpu_tensors(tensors)
+    problem = _non_finite(tensors)
+    if problem is not None:
+        raise CheckpointError(f"{path}: not written: {problem}")
+    meta = dict(meta)
+    meta["tensors_sha256"] = tensors_sha256(tensors)
+    return _write(path, tensors, meta)
+
+
 def save_model(model: PSPNet, path: str | os.PathLike[str], *, meta: Mapping[str, Any] | None = None) -> Path:
     """Save ``model`` as a model file. ``meta`` defaults to ``model.meta``, else :func:`make_meta` of its config.
 
-    The ``model`` entry of the metadata is always the model's own config.
+    The ``model`` entry of the metadata is always the model's own config. The file is checked with
+    :func:`validate_model_file` before it is written: a file :func:`load_model` would refuse (non-finite weights,
+    float64 weights, metadata out of range) is not written (CheckpointError; an existing file is kept).
     """
+    path = Path(path)
     meta = dict(meta or model.meta or make_meta(model.config))
     meta["model"] = model.config.to_dict()
     meta["kind"] = "model"
     meta["format_version"] = FORMAT_VERSION
-    return write_weights_file(path, model.state_dict(), meta)
+    tensors = _cpu_tensors(model.state_dict())
+    meta["tensors_sha256"] = tensors_sha256(tensors)
+    try:
+        validate_model_file(path, tensors, meta)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; not written") from None
+    return _write(path, tensors, meta)
 
 
 def _pickle_error(path: Path) -> CheckpointError:
@@ -166,8 +233,10 @@ def _looks_like_pickle(data: bytes) -> bool:
 def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a pspnet safetensors file: ``(tensors, meta)``. Raises :class:`CheckpointError` naming the file.
 
-    Refuses pickles, truncated or corrupted files (header, metadata or tensor checksum), and files without
-    pspnet metadata or with a newer format version.
+    Refuses pickles, truncated or corrupted files (header, metadata or tensor checksum), files without pspnet
+    metadata, of an unknown kind, of a newer format version, or without a well-formed ``tensors_sha256`` (see
+    :func:`_check_envelope`). What the tensors and the rest of the metadata must be depends on the kind:
+    :func:`validate_model_file`, :func:`load_backbone_weights`, :func:`pspnet.engine.checkpoint.load_checkpoint`.
     """
     path = Path(path)
     if not path.exists():
@@ -201,16 +270,10 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
         meta = json.loads(raw)
     except ValueError as error:
         raise CheckpointError(f"{path}: corrupted pspnet metadata: {error}") from None
-    if not isinstance(meta, dict) or meta.get("kind") not in ("model", "backbone", "train_state"):
-        raise CheckpointError(f"{path}: pspnet metadata without a valid 'kind'")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format version {version!r} is newer than this pspnet ({__version__}) reads "
-            f"(up to {FORMAT_VERSION}); upgrade pspnet"
-        )
-    expected = meta.get("tensors_sha256")
-    if expected is not None and _tensors_sha256(tensors) != expected:
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: pspnet metadata must be a JSON object, got {type(meta).__name__}")
+    _check_envelope(path, meta)
+    if tensors_sha256(tensors) != meta["tensors_sha256"]:
         raise CheckpointError(f"{path}: corrupted (the tensors do not match the checksum written with them)")
     return tensors, meta
 
@@ -260,27 +323,235 @@ def check_state_dict(path: Path, tensors: Mapping[str, Tensor], expected: Mappin
         )
 
 
-def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> PSPNet:
-    """Load a model file (or a run directory, see :func:`resolve_model_path`) and return it in eval mode.
+# -- validation ---------------------------------------------------------------------------------------------------
 
-    ``model.meta`` holds the file's metadata (classes, palette, normalisation, inference settings, ...).
+_NOT_PSPNETS = (
+    "the file was not written by pspnet, or was rewritten by another tool; write it again with pspnet.save_model "
+    "or 'pspnet convert' (docs/model_files.md shows how)"
+)
+
+
+def metadata_error(path: Path, key: str, rule: str, value: Any) -> CheckpointError:
+    """``PATH: metadata KEY must be RULE, got VALUE``: the one shape of a bad metadata field's message."""
+    return CheckpointError(f"{path}: metadata {key} must be {rule}, got {shown(value)}")
+
+
+def _check_keys(path: Path, key: str, value: Any, keys: Sequence[str]) -> None:
+    """``value`` (the metadata entry ``key``, or with ``key=""`` the metadata) is an object with exactly ``keys``."""
+    if not isinstance(value, dict):
+        raise metadata_error(path, key, f"an object with the keys {', '.join(keys)}", value)
+    unknown, missing = sorted(set(value) - set(keys)), [k for k in keys if k not in value]
+    if unknown or missing:
+        raise CheckpointError(
+            f"{path}: metadata{' ' + key if key else ''} must have exactly the keys {', '.join(keys)}"
+            + (f"; unknown: {', '.join(map(repr, unknown))}" if unknown else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+        )
+
+
+def _check_envelope(path: Path, meta: Mapping[str, Any]) -> None:
+    """The fields every pspnet file has, whatever its kind: ``kind``, ``format_version`` and ``tensors_sha256``.
+
+    Every file pspnet writes carries the checksum, so a file without one (or with a malformed one) was not
+    written by pspnet or was rewritten by another tool, and is refused.
     """
-    path = resolve_model_path(path)
-    tensors, meta = read_weights_file(path)
-    if meta["kind"] == "train_state":
+    if meta.get("kind") not in KINDS:
+        raise metadata_error(path, "kind", "one of " + ", ".join(map(repr, KINDS)), meta.get("kind"))
+    version = meta.get("format_version")
+    if is_int(version) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: metadata format_version {version} is newer than this pspnet ({__version__}) reads "
+            f"(up to {FORMAT_VERSION}); upgrade pspnet"
+        )
+    if not is_int(version) or version < 1:
+        versions = "1" if FORMAT_VERSION == 1 else f"an integer in [1, {FORMAT_VERSION}]"
+        raise metadata_error(path, "format_version", versions, version)
+    checksum = meta.get("tensors_sha256")
+    if checksum is None:
+        raise CheckpointError(f"{path}: no tensors checksum (metadata tensors_sha256); {_NOT_PSPNETS}")
+    if not isinstance(checksum, str) or not re.fullmatch(r"[0-9a-f]{64}", checksum):
+        raise CheckpointError(
+            f"{path}: metadata tensors_sha256 must be a SHA-256 (64 lowercase hex digits), got {shown(checksum)}; "
+            f"{_NOT_PSPNETS}"
+        )
+
+
+def _model_config(path: Path, value: Any) -> ModelConfig:
+    """The ``model`` entry: the fields of ModelConfig (those with a default may be left out), in range."""
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    if not isinstance(value, dict):
+        raise metadata_error(path, "model", "an object with the fields of pspnet.ModelConfig", value)
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise CheckpointError(
+            f"{path}: metadata model has unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(names)}"
+        )
+    if "num_classes" not in value:
+        raise CheckpointError(f"{path}: metadata model.num_classes is missing")
+    try:
+        check_model_config(ModelConfig(**value), str(path), prefix="metadata model.")  # types and ranges
+        return config_from_dict(ModelConfig, value)
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
+
+
+def _check_pspnet_version(path: Path, value: Any, config: ModelConfig) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise metadata_error(path, "pspnet_version", "a non-empty string", value)
+
+
+def _check_dataset(path: Path, value: Any, config: ModelConfig) -> None:
+    # A name only: a built-in data set's or a folder data set's (its classes.yaml 'name'); never cross-checked.
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise metadata_error(path, "dataset", "null or a data set's name (a non-empty string)", value)
+
+
+def _check_classes(path: Path, value: Any, config: ModelConfig) -> None:
+    k = config.num_classes
+    if not isinstance(value, list) or len(value) != k:
+        raise metadata_error(path, "classes", f"a list of {k} names (one per output, model.num_classes)", value)
+    seen: dict[str, int] = {}
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not name.strip():
+            raise metadata_error(path, f"classes[{i}]", "a non-empty string", name)
+        if name in seen:
+            raise metadata_error(path, f"classes[{i}]", f"unique (classes[{seen[name]}] has the same name)", name)
+        seen[name] = i
+
+
+def _check_palette(path: Path, value: Any, config: ModelConfig) -> None:
+    k = config.num_classes
+    if not isinstance(value, list) or len(value) != k:
+        raise metadata_error(path, "palette", f"a list of {k} colours (one per class, model.num_classes)", value)
+    for i, colour in enumerate(value):
+        if not isinstance(colour, list) or len(colour) != 3 or not all(is_int(v) and 0 <= v <= 255 for v in colour):
+            raise metadata_error(path, f"palette[{i}]", "[r, g, b] with integers in [0, 255]", colour)
+
+
+def _check_ignore_index(path: Path, value: Any, config: ModelConfig) -> None:
+    k = config.num_classes
+    if not is_int(value) or not k <= value <= MAX_CLASSES:
+        rule = f"an integer in [{k}, {MAX_CLASSES}] (no class id; fits a 16-bit mask)"
+        raise metadata_error(path, "ignore_index", rule, value)
+
+
+def _check_normalization(path: Path, value: Any, config: ModelConfig) -> None:
+    _check_keys(path, "normalization", value, ("mean", "std"))
+    for key, allowed, rule in (
+        ("mean", lambda v: is_number(v) and 0 <= v <= 255, "a number in [0, 255]"),
+        ("std", lambda v: is_number(v) and v > 0, "a positive finite number"),
+    ):
+        values = value[key]
+        if not isinstance(values, list) or len(values) != 3:
+            raise metadata_error(path, f"normalization.{key}", "a list of 3 numbers (R, G, B; 0-255 scale)", values)
+        for i, v in enumerate(values):
+            if not allowed(v):
+                raise metadata_error(path, f"normalization.{key}[{i}]", rule, v)
+
+
+def _check_inference(path: Path, value: Any, config: ModelConfig) -> None:
+    _check_keys(path, "inference", value, ("crop_size", "base_size"))
+    crop = value["crop_size"]
+    if not isinstance(crop, list) or len(crop) != 2:
+        raise metadata_error(path, "inference.crop_size", "[height, width]", crop)
+    for i, side in enumerate(crop):
+        if not is_int(side) or not 1 <= side <= MAX_SIDE:
+            raise metadata_error(path, f"inference.crop_size[{i}]", f"an integer in [1, {MAX_SIDE}]", side)
+    if not is_int(value["base_size"]) or not 1 <= value["base_size"] <= MAX_SIDE:
+        raise metadata_error(path, "inference.base_size", f"an integer in [1, {MAX_SIDE}]", value["base_size"])
+
+
+def _check_source(path: Path, value: Any, config: ModelConfig) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise metadata_error(path, "source", "null or an object (where the weights came from)", value)
+
+
+# The fields of a model file after kind, format_version, tensors_sha256 and model, each with its check.
+_MODEL_FIELDS: dict[str, Callable[[Path, Any, ModelConfig], None]] = {
+    "pspnet_version": _check_pspnet_version,
+    "dataset": _check_dataset,
+    "classes": _check_classes,
+    "palette": _check_palette,
+    "ignore_index": _check_ignore_index,
+    "normalization": _check_normalization,
+    "inference": _check_inference,
+    "source": _check_source,
+}
+MODEL_FILE_KEYS = ("kind", "format_version", "tensors_sha256", "model", *_MODEL_FIELDS)
+
+
+def check_tensors(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Check ``tensors`` against ``expected`` (a module's state dict, on any device, "meta" included) and return
+    them in the expected dtypes. Raises a CheckpointError naming ``path`` and the first key at fault.
+
+    Keys and shapes must match (:func:`check_state_dict`); a floating tensor must be float32, float16 or bfloat16
+    (it is cast to the expected dtype, float32); any other tensor must have the expected dtype (int64 for
+    BatchNorm's ``num_batches_tracked``); no floating tensor may hold NaN or infinity.
+    """
+    check_state_dict(path, tensors, expected)
+    for key in sorted(tensors):
+        have, want = tensors[key].dtype, expected[key].dtype
+        if want.is_floating_point and have not in WEIGHT_DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor '{key}' is {_dtype_name(have)}; weights must be "
+                + ", ".join(map(_dtype_name, WEIGHT_DTYPES))
+            )
+        if not want.is_floating_point and have != want:
+            raise CheckpointError(f"{path}: tensor '{key}' is {_dtype_name(have)}; must be {_dtype_name(want)}")
+    problem = _non_finite(tensors)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
+    return {key: t.to(expected[key].dtype) for key, t in tensors.items()}
+
+
+def validate_model_file(
+    path: str | os.PathLike[str], tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Check a model file's metadata and tensors; return its model config and its tensors in the model's dtypes.
+
+    The checks, in order, each raising a :class:`CheckpointError` that names ``path`` and the field or tensor:
+
+    1. ``kind`` is ``"model"`` (backbone and training-state files are refused with a pointer to what they are);
+       ``format_version`` an integer in [1, FORMAT_VERSION]; ``tensors_sha256`` 64 lowercase hex digits;
+    2. the metadata has exactly the keys of ``MODEL_FILE_KEYS``;
+    3. ``model``: the fields of ModelConfig, in the ranges of :func:`pspnet.config.check_model_config`;
+    4. each entry of ``_MODEL_FIELDS`` (class names, palette, ignore index, normalisation, inference sizes, ...);
+    5. the tensors: those of the model the config describes, shapes, dtypes, finite (:func:`check_tensors`).
+
+    docs/model_files.md lists the allowed values. The checksum itself is compared in :func:`read_weights_file`.
+    """
+    path = Path(path)
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{path}: pspnet metadata must be a JSON object, got {type(meta).__name__}")
+    if meta.get("kind") == "train_state":
         raise CheckpointError(f"{path}: the training state of a run, not a model; load the model.safetensors beside it")
-    if meta["kind"] == "backbone":
+    if meta.get("kind") == "backbone":
         raise CheckpointError(
             f"{path}: ImageNet backbone weights for training initialisation, not a segmentation model; "
             "use it to initialise training, or make a full model with 'pspnet convert --from official|mmseg'"
         )
-    try:
-        config = config_from_dict(ModelConfig, meta.get("model"))
-    except ConfigError as error:
-        raise CheckpointError(f"{path}: invalid model config in metadata: {error}") from None
+    _check_envelope(path, meta)
+    _check_keys(path, "", meta, MODEL_FILE_KEYS)
+    config = _model_config(path, meta["model"])
+    for key, check in _MODEL_FIELDS.items():
+        check(path, meta[key], config)
+    with torch.device("meta"):  # shapes and dtypes only, no memory
+        expected = build_model(config).state_dict()
+    return config, check_tensors(path, tensors, expected)
+
+
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> PSPNet:
+    """Load a model file (or a run directory, see :func:`resolve_model_path`) and return it in eval mode.
+
+    The file is checked by :func:`read_weights_file` (readable, checksum) and :func:`validate_model_file` (every
+    metadata field, every tensor's shape, dtype and finiteness); float16/bfloat16 weights become float32.
+    ``model.meta`` holds the file's metadata (classes, palette, normalisation, inference settings, ...).
+    """
+    path = resolve_model_path(path)
+    tensors, meta = read_weights_file(path)
+    config, tensors = validate_model_file(path, tensors, meta)
     with torch.device("meta"):  # no random initialisation: every tensor comes from the file
         model = build_model(config)
-    check_state_dict(path, tensors, model.state_dict())
     model.load_state_dict(tensors, strict=True, assign=True)
     model.to(device).eval()
     model.meta = meta
@@ -288,17 +559,17 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
 
 
 def load_backbone_weights(backbone: ResNet, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Copy a backbone file's weights into ``backbone`` (every key must fit); returns the file's metadata."""
+    """Copy a backbone file's weights into ``backbone`` (every key must fit, weights float32/float16/bfloat16 and
+    finite, see :func:`check_tensors`); returns the file's metadata."""
     path = Path(path)
     tensors, meta = read_weights_file(path)
     if meta["kind"] != "backbone":
         raise CheckpointError(f"{path}: a full model file, not a backbone file")
-    spec = meta.get("backbone") or {}
+    spec = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
     if (spec.get("depth"), spec.get("stem")) != (backbone.depth, backbone.stem_type):
         raise CheckpointError(
             f"{path}: backbone ResNet-{spec.get('depth')} stem {spec.get('stem')!r} does not match the model's "
             f"ResNet-{backbone.depth} stem {backbone.stem_type!r}"
         )
-    check_state_dict(path, tensors, backbone.state_dict())
-    backbone.load_state_dict(tensors, strict=True)
+    backbone.load_state_dict(check_tensors(path, tensors, backbone.state_dict()), strict=True)
     return meta

@@ -63,4 +63,4 @@ def test_bad_device_and_numbers_are_usage_errors(capsys):
             main(argv)
         assert done.value.code == 2
     err = capsys.readouterr().err
-    assert "not a device: 'gpu0'" in err and "must be in (0, 1]" in err and "must be positive" in err
+    assert "not a device: 'gpu0'" in err and "must be in (0, 1]" in err and "must be a finite positive number" in err

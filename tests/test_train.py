@@ -50,7 +50,7 @@ from pspnet.engine.evaluate import evaluate
 from pspnet.engine.losses import loss_sum, median_frequency_weights
 from pspnet.engine.train import NonFiniteLossError, class_pixel_statistics, param_groups, poly_lr, train
 from pspnet.inference import InferenceSettings
-from pspnet.weights.model_file import read_weights_file
+from pspnet.weights.model_file import read_weights_file, write_weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,9 +61,15 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def float64():
+def float64(monkeypatch):
     """Build and train in float64 (torch's default dtype for the test): comparisons of two runs then sit far
-    above their rounding (tests/rounding.py) on every CPU."""
+    above their rounding (tests/rounding.py) on every CPU. Model files hold float32/16 weights only (save_model
+    refuses float64), so these runs write their checkpoints' weights with the plain tensor writer."""
+
+    def save_raw(model, path, *, meta):
+        return write_weights_file(path, model.state_dict(), {**meta, "kind": "model"})
+
+    monkeypatch.setattr(checkpoint_module, "save_model", save_raw)
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield

@@ -1,13 +1,18 @@
 """The ``pspnet`` command line: ``demo``, ``train``, ``eval``, ``predict``, ``convert``, ``info`` and ``data``.
 
-Exit status: 0 on success, 1 when the command ran but failed (bad checkpoint, failed conversion), 2 on usage
-errors (argparse's convention).
+Exit status: 0 on success, 1 when the command ran but failed (bad checkpoint, failed conversion, bad input
+files), 2 on usage errors (argparse's convention), 130 / 143 when SIGINT / SIGTERM stopped it (training saves its
+last step first).
+
+Every failure is one line on stderr, ``error: ...``, naming the file or argument at fault; no Python traceback
+is shown unless ``--debug`` (or the environment variable ``PSPNET_DEBUG=1``) asks for it, for bug reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +23,7 @@ from . import __version__
 from .config import ConfigError
 from .data.classes import DATASETS
 from .data.cli_data import add_data_commands
-from .errors import CheckpointError, ConversionError, DataError
+from .errors import CheckpointError, ConversionError, DataError, TrainingStopped
 from .inference import DEFAULT_MAX_PIXELS
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
@@ -174,6 +179,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.save_pred and out is None:
         print("error: --save-pred needs --out DIR", file=sys.stderr)
         return 2
+    if out is not None:  # made now: a folder that cannot be made fails before the evaluation, not after it
+        out.mkdir(parents=True, exist_ok=True)
     print(
         f"evaluating {args.checkpoint} on {args.dataset}/{args.split} ({len(dataset)} images"
         f"{f', first {args.limit}' if args.limit else ''}) on {device}: mode {settings.mode}, crop "
@@ -537,13 +544,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_debug_flag(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--debug`` on the top-level parser and on every (sub)command, so it may follow the command too."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,  # a subcommand's absent flag keeps the top-level value
+        help="show the Python traceback of a failure (for bug reports; also PSPNET_DEBUG=1)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_debug_flag(sub, top=False)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` as one line. An error raised in a DataLoader worker process reaches the main
+    process with the worker's whole traceback in its message ("Caught DataError in DataLoader worker process 1.
+    Original Traceback ..."): only the original message, its last line, is kept."""
+    text = str(error)
+    if "Original Traceback (most recent call last)" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = lines[-1] if lines else text
+        kind = type(error)
+        for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix) :]
+        text = last
+    return " ".join(text.split()) or type(error).__name__
+
+
+def _os_error(error: OSError) -> str:
+    """``FILE: reason`` for an operating-system error (a folder that cannot be made, a full disk, ...)."""
+    if error.filename is None:
+        return one_line(error)
+    where = os.fsdecode(error.filename)
+    if error.filename2 is not None:
+        where += f" -> {os.fsdecode(error.filename2)}"
+    return f"{where}: {error.strerror or one_line(error)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _add_debug_flag(parser, top=True)
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("PSPNET_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args))
+    except TrainingStopped as stopped:  # 'pspnet train' reports its own stop; the demo's training lands here
+        print(f"error: {stopped}; nothing after it was run", file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except (CheckpointError, ConversionError, ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an --out that cannot be made or written, a disk that fills up, ...
+        if debug:
+            raise
+        print(f"error: {_os_error(error)}", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - a bug: one line, and how to get the traceback for a report
+        if debug:
+            raise
+        print(
+            f"error: unexpected {type(error).__name__}: {one_line(error)} (run again with --debug for the "
+            "traceback and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -7,6 +7,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
@@ -256,36 +257,74 @@ class TrainConfig:
         return out
 
 
-def _parse_scalar(text: str) -> Any:
+def _yaml_problem(error: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own message spans several lines)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a mapping with a repeated key (PyYAML silently keeps the last value)."""
     import yaml
 
-    return yaml.safe_load(text)
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # a list or mapping as a key: let the constructor refuse it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_train_config(path: str | None, overrides: list[str] | None = None, **base: Any) -> TrainConfig:
     """Read a flat YAML config (or start from ``base``), apply ``key=value`` overrides (values parsed as YAML),
-    and validate every key and type. Errors name the file or the override."""
+    and validate every key and type. Errors name the file or the override; a key given twice in the file is an
+    error (YAML would keep the last value silently)."""
     import yaml
 
     data: dict[str, Any] = dict(base)
     if path is not None:
         try:
-            with open(path) as handle:
-                loaded = yaml.safe_load(handle)
+            text = Path(path).read_bytes().decode("utf-8")
+            loaded = _load_yaml(text)
         except OSError as error:
-            raise ConfigError(f"{path}: cannot read the config: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+            raise ConfigError(f"{path}: cannot read the config: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML text file (not UTF-8 text)") from None
+        except (yaml.YAMLError, ValueError, RecursionError) as error:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config is a flat mapping of keys to values")
+        bad_keys = [key for key in loaded if not isinstance(key, str)]
+        if bad_keys:
+            raise ConfigError(f"{path}: config keys are names, got {bad_keys[0]!r}")
         data.update(loaded)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value")
-        data[key.strip()] = _parse_scalar(value)
+        try:
+            data[key.strip()] = _load_yaml(value)
+        except (yaml.YAMLError, ValueError, RecursionError) as error:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {_yaml_problem(error)}") from None
     where = " + ".join(filter(None, [path, "--set" if overrides else None])) or "config"
     try:
         config = config_from_dict(TrainConfig, data)
@@ -329,5 +368,21 @@ def _validate_train(c: TrainConfig, where: str) -> None:
     check_model_config(c, where)
     if c.workers < 0 or (c.val_limit is not None and c.val_limit < 1) or (c.val_every is not None and c.val_every < 1):
         fail("workers must be >= 0, val_limit and val_every positive")
+    for f in fields(c):
+        value = getattr(c, f.name)
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            fail(f"{f.name} must be finite, got {value!r}")
     if c.lr < 0 or c.head_lr_mult < 0 or c.weight_decay < 0 or not 0 <= c.momentum < 1:
         fail("lr, head_lr_mult and weight_decay must be >= 0 and momentum in [0, 1)")
+    if c.poly_power < 0:  # (1 - i / max_iter) ** power: a negative power divides by zero at the last step
+        fail(f"poly_power must be >= 0 (0: a constant learning rate), got {c.poly_power}")
+    if c.aux_weight < 0:
+        fail(f"aux_weight must be >= 0, got {c.aux_weight}")
+    if c.device != "auto":
+        import torch
+
+        try:
+            torch.device(c.device)
+        except (RuntimeError, ValueError):
+            fail(f"device must be auto or a torch device name (cpu, cuda, cuda:1, mps), got {c.device!r}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConversionError", "DataError"]
+import signal
+from pathlib import Path
+
+__all__ = ["CheckpointError", "ConversionError", "DataError", "TrainingStopped"]
 
 
 class CheckpointError(ValueError):
@@ -15,3 +18,31 @@ class ConversionError(ValueError):
 
 class DataError(ValueError):
     """A data set file or layout is unusable: missing, unreadable, mismatched; the message names the file."""
+
+
+class TrainingStopped(Exception):
+    """:func:`pspnet.engine.train.train` stopped early on SIGTERM or SIGINT, after saving the state of its last
+    completed step (not an error: the run can be resumed).
+
+    Raised on every process alike. ``signum``: the signal acted on (the same on every process); ``iteration``: the
+    optimiser steps done; ``checkpoint``: ``RUN/ckpt_{iteration}`` when it exists (written now or earlier), None
+    when the run stopped before completing a step since its start and has no checkpoint of that iteration in RUN;
+    ``saved``: whether this stop wrote it; ``is_main``: raised on rank 0 (the process that reports it).
+    """
+
+    def __init__(self, signum: int, *, iteration: int, checkpoint: Path | None, saved: bool, is_main: bool):
+        self.signum = signum
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+        self.saved = saved
+        self.is_main = is_main
+        super().__init__(f"stopped by {self.signal_name} after iteration {iteration}")
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, what a shell reports for a process ended by it: 143 SIGTERM, 130 SIGINT."""
+        return 128 + self.signum

@@ -49,7 +49,7 @@ from ..config import ConfigError, TrainConfig
 from ..data.datasets import SegmentationDataset, build_dataset, collate
 from ..data.io import read_mask
 from ..data.transforms import paper_train_transform
-from ..errors import DataError
+from ..errors import DataError, TrainingStopped
 from ..inference import InferenceSettings, normalize, resolve_device
 from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, make_meta
@@ -72,33 +72,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
-
-
-class TrainingStopped(Exception):
-    """:func:`train` stopped early on SIGTERM or SIGINT, after saving the state of its last completed step.
-
-    Raised on every process alike. ``signum``: the signal acted on (the same on every process); ``iteration``: the
-    optimiser steps done; ``checkpoint``: ``RUN/ckpt_{iteration}`` when it exists (written now or earlier), None
-    when the run stopped before completing a step since its start and has no checkpoint of that iteration in RUN;
-    ``saved``: whether this stop wrote it; ``is_main``: raised on rank 0 (the process that reports it).
-    """
-
-    def __init__(self, signum: int, *, iteration: int, checkpoint: Path | None, saved: bool, is_main: bool):
-        self.signum = signum
-        self.iteration = iteration
-        self.checkpoint = checkpoint
-        self.saved = saved
-        self.is_main = is_main
-        super().__init__(f"stopped by {self.signal_name} after iteration {iteration}")
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number, what a shell reports for a process ended by it: 143 SIGTERM, 130 SIGINT."""
-        return 128 + self.signum
 
 
 class _StopRequest:
@@ -322,7 +295,10 @@ def train(
     step boundary, on every process at the same iteration: the last completed step is saved as ``ckpt_N`` (no
     validation is run, a validation due at that iteration is skipped) and :class:`TrainingStopped` is raised.
     """
-    device = resolve_device(config.device)
+    try:
+        device = resolve_device(config.device)
+    except ValueError as error:  # a CUDA device on a machine without one
+        raise ConfigError(f"device: {error}") from None
     dist = distributed.setup(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:

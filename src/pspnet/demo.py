@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_open
 from .config import TrainConfig, load_train_config
 from .data.datasets import build_dataset
 from .data.io import write_image_png
@@ -198,7 +199,8 @@ That is the global context pyramid pooling brings.</p>
 </body></html>
 """
     path = out / "index.html"
-    path.write_text(page)
+    with atomic_open(path, "w") as handle:
+        handle.write(page)
     return path
 
 
@@ -237,8 +239,10 @@ def run_demo(
         report["settings"]["checkpoint"] = str(out / f"run{label}")
         reports[label] = report
         if label:  # the main model's metrics.json comes with write_report below
-            (out / f"metrics{label}.json").write_text(json.dumps(report, indent=1) + "\n")
-        shutil.copy(out / f"run{label}" / "curve.png", out / f"curve{label}.png")
+            with atomic_open(out / f"metrics{label}.json", "w") as handle:
+                handle.write(json.dumps(report, indent=1) + "\n")
+        with atomic_open(out / f"curve{label}.png", "wb") as handle:
+            handle.write((out / f"run{label}" / "curve.png").read_bytes())
         print(format_table(report))
     write_report(reports[""], out)
     tick = time.perf_counter()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..atomic import atomic_open
+
 __all__ = ["plot_training_curve"]
 
 
@@ -45,7 +47,7 @@ def plot_training_curve(log_path: Path, png_path: Path) -> Path | None:
     ax_val.set_title("Validation")
     ax_val.grid(alpha=0.3)
     fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100)
+    with atomic_open(png_path, "wb") as handle:  # makes the folder too
+        fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
     return png_path

@@ -174,7 +174,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xticks(range(k), names, rotation=90, fontsize=8)
         ax.set_yticks(range(k), names, fontsize=8)
     fig.tight_layout()
-    fig.savefig(written[1], dpi=100)
+    with atomic_open(written[1], "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
 
     ious = [r["iou"] for r in report["per_class"]]
@@ -192,6 +193,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     if ticks:
         ax.set_xticks(range(k), names, rotation=90, fontsize=8)
     fig.tight_layout()
-    fig.savefig(written[2], dpi=100)
+    with atomic_open(written[2], "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
     return written

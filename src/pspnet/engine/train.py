@@ -423,7 +423,8 @@ def _train(
 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        with atomic_open(out / "config.yaml", "w") as handle:
+            handle.write(yaml.safe_dump(config.to_dict(), sort_keys=False))
     log = None
     if dist.is_main:
         resume_from = state.iteration if checkpoint is not None else None  # drop what a killed run logged later

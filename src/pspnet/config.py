@@ -19,6 +19,8 @@ __all__ = [
     "check_model_config",
     "config_from_dict",
     "load_train_config",
+    "load_yaml",
+    "yaml_problem",
 ]
 
 
@@ -257,7 +259,7 @@ class TrainConfig:
         return out
 
 
-def _yaml_problem(error: Exception) -> str:
+def yaml_problem(error: Exception) -> str:
     """A YAML error in one line: what is wrong and where (PyYAML's own message spans several lines)."""
     problem = getattr(error, "problem", None) or getattr(error, "context", None)
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
@@ -266,7 +268,7 @@ def _yaml_problem(error: Exception) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
 
 
-def _load_yaml(text: str) -> Any:
+def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that refuses a mapping with a repeated key (PyYAML silently keeps the last value)."""
     import yaml
 
@@ -302,13 +304,13 @@ def load_train_config(path: str | None, overrides: list[str] | None = None, **ba
     if path is not None:
         try:
             text = Path(path).read_bytes().decode("utf-8")
-            loaded = _load_yaml(text)
+            loaded = load_yaml(text)
         except OSError as error:
             raise ConfigError(f"{path}: cannot read the config: {error.strerror or error}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a YAML text file (not UTF-8 text)") from None
         except (yaml.YAMLError, ValueError, RecursionError) as error:
-            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -322,9 +324,9 @@ def load_train_config(path: str | None, overrides: list[str] | None = None, **ba
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value")
         try:
-            data[key.strip()] = _load_yaml(value)
+            data[key.strip()] = load_yaml(value)
         except (yaml.YAMLError, ValueError, RecursionError) as error:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {_yaml_problem(error)}") from None
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_problem(error)}") from None
     where = " + ".join(filter(None, [path, "--set" if overrides else None])) or "config"
     try:
         config = config_from_dict(TrainConfig, data)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..config import load_yaml
 from ..errors import DataError
 from .classes import DATASETS, DatasetInfo, default_palette
 from .io import orientation_words, read_image_and_orientation, read_mask
@@ -628,14 +629,14 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
         crop_size: [473, 473]     # training crop (H, W) and inference settings (defaults: 473, 512)
         base_size: 512
 
-    Every error names the file and the key at fault.
+    Every error names the file and the key at fault; a key given twice is an error (YAML would keep the last).
     """
     path = Path(path)
     if not path.is_file():
         raise LayoutError("missing_classes_file", path, f"{path}: classes file not found (a folder data set needs "
                           "ROOT/classes.yaml listing its classes; see docs/data.md)")  # fmt: skip
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))  # a key given twice is an error, as in configs
     except yaml.YAMLError as error:
         raise LayoutError("bad_classes_file", path, f"{path}: not valid YAML: {error}") from error
     except (OSError, UnicodeDecodeError) as error:

@@ -1,0 +1,42 @@
+"""Property-based tests of every input a user can hand pspnet (issue 9, section 7), and the bugs fuzzing found.
+
+The generators live in tests/fuzz_cases.py, shared with benchmarks/fuzz.py (10,000+ cases); here a few hundred
+cases, drawn reproducibly (``derandomize=True``, no example database), check the one property of each input:
+success with the right result, or a documented failure naming the file at fault; never a traceback, an escaped
+exception, an unnamed error or a wrong answer. Below them, the regression tests of the bugs the fuzzing found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pspnet.cli import main
+from pspnet.data.datasets import LayoutError, load_classes_file
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VALID_CLASSES = "classes: [road, pothole]\nignore_index: 255\n"
+
+
+# -- regressions: bugs the fuzzing found ----------------------------------------------------------------------------
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_key_given_twice_in_classes_yaml_is_refused_naming_it_and_its_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys silently: the second 'classes' list would win unseen."""
+    path = tmp_path / "classes.yaml"
+    path.write_text(VALID_CLASSES + "classes: [road, crack, pothole]\n")
+    with pytest.raises(LayoutError) as caught:
+        load_classes_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not valid YAML: duplicate key 'classes' (first given on line 1)")
+    assert caught.value.kind == "bad_classes_file"

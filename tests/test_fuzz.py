@@ -40,3 +40,30 @@ def test_a_key_given_twice_in_classes_yaml_is_refused_naming_it_and_its_lines(tm
     message = str(caught.value)
     assert message.startswith(f"{path}: not valid YAML: duplicate key 'classes' (first given on line 1)")
     assert caught.value.kind == "bad_classes_file"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (f"classes: [a]\nbase_size: {'9' * 5000}\n", "Exceeds the limit (4300 digits) for integer string conversion"),
+        (f"classes: {'[' * 5000}{']' * 5000}\n", "maximum recursion depth exceeded"),
+        ("classes: [a, b\n", "expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
+        ("classes:\n\t- a\n", "found character '\\t' that cannot start any token (line 2, column 1)"),
+    ],
+    ids=["5000-digit integer", "nested 5000 deep", "unclosed list", "tab"],
+)
+def test_classes_yaml_that_breaks_the_yaml_reader_is_one_line_naming_the_file(tmp_path, capsys, text, words):
+    """A 5000-digit integer (a ValueError from Python's int conversion limit) and nesting beyond the recursion
+    limit escaped as unexpected errors; PyYAML's own messages spanned five lines."""
+    root = tmp_path / "data"
+    (root / "images" / "train").mkdir(parents=True)
+    path = root / "classes.yaml"
+    path.write_text(text)
+    with pytest.raises(LayoutError) as caught:
+        load_classes_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not valid YAML: {words}") and "\n" not in message
+    assert main(["data", "check", "--dataset", "folder", "--root", str(root), "--no-progress"]) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "unexpected" not in out.err
+    assert f"bad_classes_file (1):\n  error: {path}\n      {path}: not valid YAML: {words}" in out.out

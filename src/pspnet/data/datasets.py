@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import load_yaml
+from ..config import load_yaml, yaml_problem
 from ..errors import DataError
 from .classes import DATASETS, DatasetInfo, default_palette
 from .io import orientation_words, read_image_and_orientation, read_mask
@@ -637,10 +637,10 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
                           "ROOT/classes.yaml listing its classes; see docs/data.md)")  # fmt: skip
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))  # a key given twice is an error, as in configs
-    except yaml.YAMLError as error:
-        raise LayoutError("bad_classes_file", path, f"{path}: not valid YAML: {error}") from error
     except (OSError, UnicodeDecodeError) as error:
         raise LayoutError("bad_classes_file", path, f"{path}: cannot read: {error}") from error
+    except (yaml.YAMLError, ValueError, RecursionError) as error:  # also integers of 4300+ digits, deep nesting
+        raise LayoutError("bad_classes_file", path, f"{path}: not valid YAML: {yaml_problem(error)}") from error
     if not isinstance(data, dict):
         raise LayoutError("bad_classes_file", path, f"{path}: expected a mapping with a 'classes' key, got "
                           f"{type(data).__name__}")  # fmt: skip

@@ -8,11 +8,10 @@ exception, an unnamed error or a wrong answer. Below them, the regression tests 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pspnet.cli import main
+from pspnet.config import ConfigError, load_train_config, shown
 from pspnet.data.datasets import LayoutError, load_classes_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,3 +66,34 @@ def test_classes_yaml_that_breaks_the_yaml_reader_is_one_line_naming_the_file(tm
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "unexpected" not in out.err
     assert f"bad_classes_file (1):\n  error: {path}\n      {path}: not valid YAML: {words}" in out.out
+
+
+def _alias_bomb(key: str, levels: int = 5, fan: int = 10) -> str:
+    """``key: {...}``: 250 bytes of YAML whose aliases stand for ``fan ** levels`` (100,000) lists."""
+    items = ["l0: &b0 [x]"] + [f"l{i}: &b{i} [{', '.join([f'*b{i - 1}'] * fan)}]" for i in range(1, levels + 1)]
+    return f"{key}: {{{', '.join(items)}}}\n"
+
+
+def test_error_messages_abbreviate_a_value_before_printing_it(tmp_path):
+    """A value was printed in full into the message: 250 bytes of YAML aliases made a message of 800 kB (and
+    one more level of aliases a message of gigabytes, with the memory and the time it takes)."""
+    path = tmp_path / "classes.yaml"
+    path.write_text(_alias_bomb("classes"))
+    with pytest.raises(LayoutError) as caught:
+        load_classes_file(path)
+    assert str(caught.value).startswith(f"{path}: key 'classes': expected a non-empty list of {{name: ..., color: "
+                                        "[r, g, b]}, got {'l0': ['x'], 'l1': [")  # fmt: skip
+    assert len(str(caught.value)) <= len(str(path)) + 200
+    config = tmp_path / "config.yaml"
+    config.write_text(f"dataset: folder\nroot: {tmp_path}\niterations: 1\n" + _alias_bomb("depth"))
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(str(config))
+    assert str(caught.value).startswith(f"{config}: TrainConfig.depth: expected an integer, got {{'l0': ['x'], ")
+    assert len(str(caught.value)) <= len(str(config)) + 200
+
+
+def test_shown_abbreviates_long_and_deep_values_before_cutting():
+    assert shown([[1] * 100]) == "[[1, 1, 1, 1, 1, 1, 1, 1, ...]]"
+    assert shown([[[["deep"]]]]) == "[[[[...]]]]"
+    assert shown("x" * 1000).startswith("'xxxxxxxxxxxxxxxxxxxxxxxxx") and len(shown("x" * 1000)) <= 80
+    assert shown((1, 2)) == "[1, 2]" and shown(7) == "7" and shown(None) == "None"

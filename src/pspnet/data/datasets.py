@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import load_yaml, yaml_problem
+from ..config import load_yaml, shown, yaml_problem
 from ..errors import DataError
 from .classes import DATASETS, DatasetInfo, default_palette
 from .io import orientation_words, read_image_and_orientation, read_mask
@@ -604,13 +604,14 @@ def _colour(value: Any, path: Path, key: str) -> tuple[int, int, int]:
         or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
     ):
         raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected [r, g, b] with integers 0..255, "
-                          f"got {value!r}")  # fmt: skip
+                          f"got {shown(value)}")  # fmt: skip
     return (value[0], value[1], value[2])
 
 
 def _positive_int(value: Any, path: Path, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected a positive integer, got {value!r}")
+        raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected a positive integer, got "
+                          f"{shown(value)}")  # fmt: skip
     return value
 
 
@@ -651,7 +652,7 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
     entries = data.get("classes")
     if not isinstance(entries, list) or not entries:
         raise LayoutError("bad_classes_file", path, f"{path}: key 'classes': expected a non-empty list of "
-                          f"{{name: ..., color: [r, g, b]}}, got {entries!r}")  # fmt: skip
+                          f"{{name: ..., color: [r, g, b]}}, got {shown(entries)}")  # fmt: skip
     names: list[str] = []
     colours: list[tuple[int, int, int] | None] = []
     for i, entry in enumerate(entries):
@@ -660,7 +661,7 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
             entry = {"name": entry}
         if not isinstance(entry, dict):
             raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected {{name: ..., color: "
-                              f"[r, g, b]}} or a name, got {entry!r}")  # fmt: skip
+                              f"[r, g, b]}} or a name, got {shown(entry)}")  # fmt: skip
         extra = sorted(set(map(str, entry)) - {"name", "color"})
         if extra:
             raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': unknown key(s) "
@@ -668,7 +669,7 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
         class_name = entry.get("name")
         if not isinstance(class_name, str) or not class_name.strip():
             raise LayoutError("bad_classes_file", path, f"{path}: key '{key}.name': expected a non-empty string, "
-                              f"got {class_name!r}")  # fmt: skip
+                              f"got {shown(class_name)}")  # fmt: skip
         if class_name in names:
             raise LayoutError("bad_classes_file", path, f"{path}: key '{key}.name': {class_name!r} is also class "
                               f"{names.index(class_name)}; class names must be unique")  # fmt: skip
@@ -677,7 +678,8 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
     ignore_index = data.get("ignore_index", 255)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or ignore_index < len(names):
         raise LayoutError("bad_classes_file", path, f"{path}: key 'ignore_index': expected an integer >= the number "
-                          f"of classes ({len(names)}) so that it is no class id, got {ignore_index!r}")  # fmt: skip
+                          f"of classes ({len(names)}) so that it is no class id, got "
+                          f"{shown(ignore_index)}")  # fmt: skip
     if ignore_index > 65535:
         raise LayoutError("bad_classes_file", path, f"{path}: key 'ignore_index': must fit a 16-bit PNG (<= 65535), "
                           f"got {ignore_index}")  # fmt: skip
@@ -694,12 +696,14 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
     if isinstance(crop, int):
         crop = [crop, crop]
     if not isinstance(crop, list) or len(crop) != 2:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'crop_size': expected [height, width], got {crop!r}")
+        raise LayoutError("bad_classes_file", path, f"{path}: key 'crop_size': expected [height, width], got "
+                          f"{shown(crop)}")  # fmt: skip
     crop_size = (_positive_int(crop[0], path, "crop_size[0]"), _positive_int(crop[1], path, "crop_size[1]"))
     base_size = _positive_int(data.get("base_size", 512), path, "base_size")
     dataset_name = data.get("name", name if name is not None else "folder")
     if not isinstance(dataset_name, str) or not dataset_name:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'name': expected a string, got {dataset_name!r}")
+        raise LayoutError("bad_classes_file", path, f"{path}: key 'name': expected a string, got "
+                          f"{shown(dataset_name)}")  # fmt: skip
     info = DatasetInfo(
         name=dataset_name,
         classes=tuple(names),

@@ -8,11 +8,17 @@ exception, an unnamed error or a wrong answer. Below them, the regression tests 
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from pspnet.cli import main
 from pspnet.config import ConfigError, load_train_config, shown
 from pspnet.data.datasets import LayoutError, load_classes_file
+from pspnet.errors import DataError
+from pspnet.segmenter import as_rgb_array
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,3 +103,19 @@ def test_shown_abbreviates_long_and_deep_values_before_cutting():
     assert shown([[[["deep"]]]]) == "[[[[...]]]]"
     assert shown("x" * 1000).startswith("'xxxxxxxxxxxxxxxxxxxxxxxxx") and len(shown("x" * 1000)) <= 80
     assert shown((1, 2)) == "[1, 2]" and shown(7) == "7" and shown(None) == "None"
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("I;16", "TIFF"), ("RGB", "PNG")])
+def test_a_pil_image_that_cannot_be_decoded_is_a_data_error_naming_its_file(tmp_path, mode, fmt):
+    """Image.open decodes lazily: a truncated file opened by the user reached NumPy and raised Pillow's raw
+    OSError from Segmenter.predict (16-bit and RGB images; other modes were caught while converting)."""
+    pixels = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode) if mode != "I;16" else Image.fromarray(pixels[..., 0].astype(np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with Image.open(path) as opened, pytest.raises(DataError) as caught:
+        as_rgb_array(opened)
+    assert str(caught.value).startswith(f"{path}: cannot decode the PIL image: ")
+    assert "truncated" in str(caught.value)

@@ -27,7 +27,8 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from .data.classes import default_palette
-from .data.io import to_rgb8, read_image
+from .data.io import read_image, to_rgb8
+from .errors import DataError
 from .inference import DEFAULT_MAX_PIXELS, InferenceSettings, infer_proba, normalize, resolve_device
 from .models.pspnet import PSPNet
 from .weights.model_file import load_model, normalization
@@ -42,7 +43,8 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
 
     Paths are read by :func:`pspnet.data.io.read_image` (EXIF orientation applied; a missing or unreadable file is
     a :class:`~pspnet.errors.DataError` naming it); PIL images get ``ImageOps.exif_transpose`` and the same mode
-    conversions (grey, palette, alpha dropped, 16-bit scaled). A wrongly shaped or typed array or an image without
+    conversions (grey, palette, alpha dropped, 16-bit scaled); one whose pixels cannot be decoded (a truncated file
+    opened with ``Image.open``) is a DataError naming its file. A wrongly shaped or typed array or an image without
     pixels is a ``ValueError``, any other object a ``TypeError``, saying what was expected.
     """
     if isinstance(image, (str, os.PathLike)):
@@ -51,6 +53,13 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     elif isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"the PIL image has no pixels (size {image.width}x{image.height})")
+        try:  # Image.open decodes lazily: a truncated or corrupt file fails here, named, not deep in NumPy
+            image.load()
+        except MemoryError:
+            raise
+        except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors...
+            name = getattr(image, "filename", "") or "the PIL image"
+            raise DataError(f"{name}: cannot decode the PIL image: {error}") from error
         try:
             upright = ImageOps.exif_transpose(image)
         except Exception:  # noqa: BLE001 - a malformed EXIF block is no reason to refuse the pixels

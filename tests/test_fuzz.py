@@ -9,6 +9,7 @@ exception, an unnamed error or a wrong answer. Below them, the regression tests 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -119,3 +120,15 @@ def test_a_pil_image_that_cannot_be_decoded_is_a_data_error_naming_its_file(tmp_
         as_rgb_array(opened)
     assert str(caught.value).startswith(f"{path}: cannot decode the PIL image: ")
     assert "truncated" in str(caught.value)
+
+
+def test_a_float_image_with_infinities_is_read_without_an_overflow_warning(tmp_path):
+    """NaN and infinities became 1.8e308 and overflowed when scaled to 0..255: a RuntimeWarning with a line of
+    pspnet's source on the user's terminal. The pixels were right, and still are: [0, 1] scaled, the rest clipped."""
+    values = np.array([[0.0, 0.5, 1.0, 2.0, -1.0, np.nan, np.inf, -np.inf, 3e38]], dtype=np.float32)
+    path = tmp_path / "float.tif"
+    Image.fromarray(values).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grey = as_rgb_array(path)[0, :, 0]
+    assert grey.tolist() == [0, 128, 255, 255, 0, 0, 255, 0, 255]

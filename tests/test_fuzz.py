@@ -13,13 +13,15 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import tiny_pspnet
 from PIL import Image
 
 from pspnet.cli import main
 from pspnet.config import ConfigError, load_train_config, shown
 from pspnet.data.datasets import LayoutError, load_classes_file
 from pspnet.errors import DataError
-from pspnet.segmenter import as_rgb_array
+from pspnet.segmenter import Segmenter, as_rgb_array
+from pspnet.weights.model_file import make_meta, read_weights_file, save_model, write_weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,7 +113,9 @@ def test_a_pil_image_that_cannot_be_decoded_is_a_data_error_naming_its_file(tmp_
     """Image.open decodes lazily: a truncated file opened by the user reached NumPy and raised Pillow's raw
     OSError from Segmenter.predict (16-bit and RGB images; other modes were caught while converting)."""
     pixels = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    image = Image.fromarray(pixels).convert(mode) if mode != "I;16" else Image.fromarray(pixels[..., 0].astype(np.uint16))
+    image = (
+        Image.fromarray(pixels).convert(mode) if mode != "I;16" else Image.fromarray(pixels[..., 0].astype(np.uint16))
+    )
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     path = tmp_path / f"cut.{fmt.lower()}"
@@ -132,3 +136,28 @@ def test_a_float_image_with_infinities_is_read_without_an_overflow_warning(tmp_p
         warnings.simplefilter("error")
         grey = as_rgb_array(path)[0, :, 0]
     assert grey.tolist() == [0, 128, 255, 255, 0, 0, 255, 0, 255]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("base_size", 65535, "base size 65535 at scale 1.0 makes images up to 65535 pixels on a side"),
+        ("crop_size", [5000, 5000], "crop size 5000x5000 = 25000000 pixels"),
+    ],
+)
+def test_a_model_file_whose_sizes_exceed_the_pixel_cap_is_named_by_segmenter(tmp_path, capsys, field, value, words):
+    """Sizes a model file may hold (up to 65535 a side) can still exceed the pixel cap: Segmenter.from_checkpoint
+    raised a ValueError about "base size 65535" that did not say which file asked for it."""
+    model = tiny_pspnet(3, head_channels=16, aux_channels=8)
+    source = save_model(model, tmp_path / "tiny.safetensors", meta=make_meta(model.config, crop_size=(24, 24)))
+    tensors, meta = read_weights_file(source)
+    meta["inference"][field] = value
+    path = write_weights_file(tmp_path / "absurd.safetensors", tensors, meta)
+    with pytest.raises(ValueError) as caught:
+        Segmenter.from_checkpoint(path, device="cpu")
+    assert str(caught.value).startswith(f"inference settings for {path}: {words}")
+    assert "above the limit of 16777216 pixels" in str(caught.value)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 6)).save(photo)
+    assert main(["predict", str(path), str(photo), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert _error_line(capsys) == f"error: {caught.value}"

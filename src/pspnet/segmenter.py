@@ -139,17 +139,21 @@ class Segmenter:
         flip averaging of the official test protocol. Crop and base size come from the checkpoint's metadata.
         ``max_pixels``: the most pixels of any image inference makes (:data:`pspnet.inference.DEFAULT_MAX_PIXELS`,
         16.8 MP); a photo above it is refused with a ``ValueError``, and settings that could exceed it (a base size
-        at the largest scale, as a square) are refused here with a ``ValueError`` naming the limit.
+        at the largest scale, as a square; the file's own crop or base size included) are refused here with a
+        ``ValueError`` naming the file and the limit.
         """
         model = load_model(path, device=resolve_device(device))
-        settings = InferenceSettings.from_meta(
-            model.meta,
-            precision=precision,
-            mode=mode,
-            scales=tuple(float(s) for s in scales),
-            flip=bool(flip),
-            max_pixels=max_pixels,
-        )
+        try:
+            settings = InferenceSettings.from_meta(
+                model.meta,
+                precision=precision,
+                mode=mode,
+                scales=tuple(float(s) for s in scales),
+                flip=bool(flip),
+                max_pixels=max_pixels,
+            )
+        except ValueError as error:  # the file's crop or base size, or the arguments, beyond the limits
+            raise ValueError(f"inference settings for {os.fspath(path)}: {error}") from None
         return cls(model, settings, max_batch=max_batch)
 
     @property

@@ -161,3 +161,15 @@ def test_a_model_file_whose_sizes_exceed_the_pixel_cap_is_named_by_segmenter(tmp
     Image.new("RGB", (8, 6)).save(photo)
     assert main(["predict", str(path), str(photo), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert _error_line(capsys) == f"error: {caught.value}"
+
+
+def test_a_float_image_with_signalling_nans_is_read_without_a_warning(tmp_path):
+    """A damaged float TIFF held a signalling NaN (bits 0x7f800001): NumPy warned 'invalid value encountered in
+    cast' while reading it. It is a NaN like the others: 0."""
+    bits = np.array([[0x7F800001, 0x7FC00000, 0x3F000000]], dtype=np.uint32)
+    path = tmp_path / "snan.tif"
+    Image.fromarray(bits.view(np.float32)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grey = as_rgb_array(path)[0, :, 0]
+    assert grey.tolist() == [0, 0, 128]

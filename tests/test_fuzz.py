@@ -20,6 +20,7 @@ from pspnet.cli import main
 from pspnet.config import ConfigError, load_train_config, shown
 from pspnet.data.datasets import LayoutError, load_classes_file
 from pspnet.errors import DataError
+from pspnet.inference import InferenceSettings
 from pspnet.segmenter import Segmenter, as_rgb_array
 from pspnet.weights.model_file import make_meta, read_weights_file, save_model, write_weights_file
 
@@ -173,3 +174,25 @@ def test_a_float_image_with_signalling_nans_is_read_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         grey = as_rgb_array(path)[0, :, 0]
     assert grey.tolist() == [0, 0, 128]
+
+
+def test_segmenter_names_a_photo_above_the_pixel_cap_before_predicting_any(tmp_path, monkeypatch):
+    """Segmenter.predict(path) of a photo above the pixel cap raised 'the image is 4500x4000 = ... pixels'
+    without the file's name, and predict_batch raised it only after predicting the images before it."""
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (30, 20)).save(small)
+    Image.new("1", (4000, 4500)).save(large)  # 18,000,000 pixels, a small file
+    model = tiny_pspnet(3, head_channels=16, aux_channels=8)
+    segmenter = Segmenter(model, InferenceSettings(crop_size=(24, 24), base_size=24))
+    with pytest.raises(ValueError) as caught:
+        segmenter.predict(large)
+    assert str(caught.value).startswith(f"{large}: the image is 4500x4000 = 18000000 pixels, above the limit of ")
+    with Image.open(large) as image, pytest.raises(ValueError, match=f"^{large}: the image is 4500x4000"):
+        segmenter.predict(image)
+    with pytest.raises(ValueError, match="^the image is 4500x4000"):
+        segmenter.predict(np.zeros((4500, 4000, 3), np.uint8))
+    calls = []
+    monkeypatch.setattr(Segmenter, "infer", lambda self, images: calls.append(len(images)))
+    with pytest.raises(ValueError, match=f"^{large}: "):
+        segmenter.predict_batch([small, large])
+    assert calls == []  # "a bad image raises before any is predicted"

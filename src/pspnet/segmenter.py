@@ -29,7 +29,14 @@ from torch import Tensor
 from .data.classes import default_palette
 from .data.io import read_image, to_rgb8
 from .errors import DataError
-from .inference import DEFAULT_MAX_PIXELS, InferenceSettings, infer_proba, normalize, resolve_device
+from .inference import (
+    DEFAULT_MAX_PIXELS,
+    InferenceSettings,
+    check_image_size,
+    infer_proba,
+    normalize,
+    resolve_device,
+)
 from .models.pspnet import PSPNet
 from .weights.model_file import load_model, normalization
 
@@ -191,8 +198,19 @@ class Segmenter:
         ids = proba.argmax(1)
         return ids.to("cpu", torch.uint8 if self.label_dtype == np.uint8 else torch.int32).numpy()
 
+    def _checked(self, image: ImageInput) -> np.ndarray:
+        """``as_rgb_array(image)``, refused (ValueError naming its file, if it has one) when it is above the
+        pixel cap, before any image is predicted."""
+        array = as_rgb_array(image)
+        try:
+            check_image_size(array.shape[0], array.shape[1], self.settings)
+        except ValueError as error:
+            name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "")
+            raise ValueError(f"{name}: {error}" if name else str(error)) from None
+        return array
+
     def _run(self, images: Sequence[ImageInput], max_batch: int | None, want_proba: bool) -> list[np.ndarray]:
-        arrays = [as_rgb_array(image) for image in images]
+        arrays = [self._checked(image) for image in images]
         results: list[np.ndarray | None] = [None] * len(arrays)
         for chunk in size_batches([a.shape for a in arrays], max_batch or self.max_batch):
             proba = self.infer([arrays[i] for i in chunk])

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import warnings
 
+import fuzz_cases as fc
 import numpy as np
 import pytest
 from conftest import tiny_pspnet
+from hypothesis import HealthCheck, example, given, settings
 from PIL import Image
 
 from pspnet.cli import main
@@ -24,9 +26,112 @@ from pspnet.inference import InferenceSettings
 from pspnet.segmenter import Segmenter, as_rgb_array
 from pspnet.weights.model_file import make_meta, read_weights_file, save_model, write_weights_file
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning:PIL"),  # Pillow's own notes on the damaged files made here
+]
 
 VALID_CLASSES = "classes: [road, pothole]\nignore_index: 255\n"
+
+
+def fuzz(max_examples: int) -> settings:
+    """Reproducible settings: the same examples on every run and machine, no database, no deadline."""
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory) -> fc.Fixture:
+    """The tiny model file (ResNet-18, 16-channel head, 3 classes, base size 24), a Segmenter loaded from it, small
+    folder data sets."""
+    return fc.make_fixture(tmp_path_factory.mktemp("fuzz"))
+
+
+def _passed(outcomes: dict[str, fc.Outcome]) -> bool:
+    return all(o.passed for o in outcomes.values())
+
+
+# -- properties -----------------------------------------------------------------------------------------------------
+
+
+@fuzz(50)
+@given(case=fc.predict_cases())
+@example(case=fc.PredictCase(fc.ImageCase("image", "RGB", "JPEG", 1, 300, orientation=6, seed=1), ("--mode", "slide")))
+@example(case=fc.PredictCase(fc.ImageCase("image", "F", "TIFF", 3, 40, seed=2)))  # NaN and infinities
+@example(case=fc.PredictCase(fc.ImageCase("empty", suffix=".png")))
+def test_predict_gives_an_upright_label_map_or_names_the_photo(fixture, case):
+    """pspnet predict MODEL PHOTO [OPTIONS]: exit 0 and a label map of the photo's upright size, or exit 1 with
+    an error line naming it; never a traceback."""
+    with fc.scratch(fixture.root) as folder:
+        outcome = fc.run_image_cli(fixture, case, folder)
+    assert outcome.passed, f"{outcome.kind}: {outcome.detail}"
+
+
+@fuzz(120)
+@given(case=fc.image_cases())
+@example(case=fc.ImageCase("image", "I;16", "TIFF", 3, 40, seed=3, damage="truncate", cut=0.5))  # lazily decoded
+@example(case=fc.ImageCase("image", "P", "TIFF", 2, 30, orientation=6, seed=4))  # Pillow loads it raw by name
+def test_the_python_api_gives_the_upright_size_or_a_data_error_naming_the_photo(fixture, case):
+    """as_rgb_array(path), Segmenter.predict(path) and Segmenter.predict(Image.open(path)): the upright size, or
+    a DataError / ValueError naming the file."""
+    with fc.scratch(fixture.root) as folder:
+        outcomes = fc.run_image_api(fixture, case, folder)
+    assert _passed(outcomes), fc.describe(outcomes)
+
+
+@fuzz(50)
+@given(case=fc.mask_cases())
+def test_data_check_and_eval_accept_valid_masks_and_name_bad_ones(fixture, case):
+    """A folder data set of one photo and its mask (any storage, size and values): data check counts a valid
+    mask's pixels exactly and eval scores it; anything else is a problem or an error naming the photo or mask."""
+    with fc.scratch(fixture.root) as folder:
+        outcomes = {"data check": fc.run_mask_check(case, folder), "eval": fc.run_mask_eval(fixture, case, folder)}
+    assert _passed(outcomes), fc.describe(outcomes)
+
+
+@fuzz(60)
+@given(case=fc.classes_cases())
+@example(case=fc.TextCase(fc.alias_bomb("classes", 5, 10).encode(), "either", "alias bomb"))
+@example(case=fc.TextCase(f"classes: [a]\nbase_size: {'9' * 5000}\n".encode(), "either", "5000 digits"))
+@example(case=fc.TextCase(b"classes: [a]\nclasses: [a, b]\n", "error", "duplicate key"))
+def test_classes_yaml_is_valid_or_a_data_error_naming_it(fixture, case):
+    """classes.yaml through data check and build_dataset: both accept it, or both name it (bad_classes_file)."""
+    with fc.scratch(fixture.root) as folder:
+        outcomes = fc.run_classes(fixture, case, folder)
+    assert _passed(outcomes), fc.describe(outcomes)
+
+
+@fuzz(100)
+@given(case=fc.config_cases())
+@example(
+    case=fc.TextCase(
+        b"dataset: folder\nroot: x\niterations: 1\n" + fc.alias_bomb("depth", 5, 10).encode(), "either", "alias bomb"
+    )
+)
+@example(case=fc.TextCase(b"dataset: folder\nroot: x\niterations: 1\niterations: 2\n", "error", "duplicate key"))
+def test_training_configs_are_valid_or_refused_naming_the_file(fixture, case):
+    """load_train_config gives a TrainConfig or a ConfigError naming the file; pspnet train refuses an invalid
+    config in one line naming it (valid ones are not trained here: benchmarks/fuzz.py trains the tiny ones)."""
+    with fc.scratch(fixture.root) as folder:
+        outcomes = fc.run_config(fixture, case, folder, train_valid=False)
+    assert _passed(outcomes), fc.describe(outcomes)
+
+
+@fuzz(35)
+@given(case=fc.meta_cases())
+@example(case=fc.MetaCase((fc.Mutation("replace", 4, 65535, field="inference"),)))  # base size beyond the cap
+@example(case=fc.MetaCase((fc.Mutation("delete", 0, field="kind"),)))
+def test_model_file_metadata_loads_or_is_refused_naming_the_file(fixture, case):
+    """Mutated metadata, written with a right checksum: load_model, Segmenter.from_checkpoint and pspnet predict
+    all load it, or all refuse it naming the file."""
+    with fc.scratch(fixture.root) as folder:
+        outcomes = fc.run_meta(fixture, case, folder, fc.photo_for(fixture))
+    assert _passed(outcomes), fc.describe(outcomes)
 
 
 # -- regressions: bugs the fuzzing found ----------------------------------------------------------------------------
@@ -91,8 +196,10 @@ def test_error_messages_abbreviate_a_value_before_printing_it(tmp_path):
     path.write_text(_alias_bomb("classes"))
     with pytest.raises(LayoutError) as caught:
         load_classes_file(path)
-    assert str(caught.value).startswith(f"{path}: key 'classes': expected a non-empty list of {{name: ..., color: "
-                                        "[r, g, b]}, got {'l0': ['x'], 'l1': [")  # fmt: skip
+    assert str(caught.value).startswith(
+        f"{path}: key 'classes': expected a non-empty list of {{name: ..., color: "
+        "[r, g, b]}, got {'l0': ['x'], 'l1': ["
+    )
     assert len(str(caught.value)) <= len(str(path)) + 200
     config = tmp_path / "config.yaml"
     config.write_text(f"dataset: folder\nroot: {tmp_path}\niterations: 1\n" + _alias_bomb("depth"))
@@ -139,6 +246,18 @@ def test_a_float_image_with_infinities_is_read_without_an_overflow_warning(tmp_p
     assert grey.tolist() == [0, 128, 255, 255, 0, 0, 255, 0, 255]
 
 
+def test_a_float_image_with_signalling_nans_is_read_without_a_warning(tmp_path):
+    """A damaged float TIFF held a signalling NaN (bits 0x7f800001): NumPy warned 'invalid value encountered in
+    cast' while reading it. It is a NaN like the others: 0."""
+    bits = np.array([[0x7F800001, 0x7FC00000, 0x3F000000]], dtype=np.uint32)
+    path = tmp_path / "snan.tif"
+    Image.fromarray(bits.view(np.float32)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grey = as_rgb_array(path)[0, :, 0]
+    assert grey.tolist() == [0, 0, 128]
+
+
 @pytest.mark.parametrize(
     ("field", "value", "words"),
     [
@@ -162,18 +281,6 @@ def test_a_model_file_whose_sizes_exceed_the_pixel_cap_is_named_by_segmenter(tmp
     Image.new("RGB", (8, 6)).save(photo)
     assert main(["predict", str(path), str(photo), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert _error_line(capsys) == f"error: {caught.value}"
-
-
-def test_a_float_image_with_signalling_nans_is_read_without_a_warning(tmp_path):
-    """A damaged float TIFF held a signalling NaN (bits 0x7f800001): NumPy warned 'invalid value encountered in
-    cast' while reading it. It is a NaN like the others: 0."""
-    bits = np.array([[0x7F800001, 0x7FC00000, 0x3F000000]], dtype=np.uint32)
-    path = tmp_path / "snan.tif"
-    Image.fromarray(bits.view(np.float32)).save(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        grey = as_rgb_array(path)[0, :, 0]
-    assert grey.tolist() == [0, 0, 128]
 
 
 def test_segmenter_names_a_photo_above_the_pixel_cap_before_predicting_any(tmp_path, monkeypatch):

@@ -303,3 +303,22 @@ def test_segmenter_names_a_photo_above_the_pixel_cap_before_predicting_any(tmp_p
     with pytest.raises(ValueError, match=f"^{large}: "):
         segmenter.predict_batch([small, large])
     assert calls == []  # "a bad image raises before any is predicted"
+
+
+def test_an_empty_data_set_root_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys):
+    """A config's ``root: ''`` became Path(""), the current folder: training read whatever data set the command
+    ran in (here one that is complete and valid), or failed naming a bare 'classes.yaml'."""
+    from train_helpers import make_folder_dataset, write_config
+
+    from pspnet.data.datasets import build_dataset
+
+    make_folder_dataset(tmp_path, n_train=2, n_val=1)
+    monkeypatch.chdir(tmp_path)
+    for name in ("folder", "camvid"):
+        with pytest.raises(LayoutError, match=r"^the data set root is empty \(''"):
+            build_dataset(name, "", "train")
+    config = write_config(tmp_path / "c.yaml", tmp_path, iterations=1, val_split=None)
+    config.write_text(config.read_text().replace(f"root: {tmp_path}", "root: ''"))
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    assert _error_line(capsys) == "error: the data set root is empty ('', the current folder); name its folder"
+    assert not (tmp_path / "run").exists()

@@ -108,6 +108,17 @@ class LayoutError(DataError):
         self.path = Path(path)
 
 
+def _root_folder(root: str | os.PathLike) -> Path:
+    """``root`` as a Path when it is a folder, else a LayoutError naming it. An empty root is refused: Path("") is
+    the current folder, so a config's ``root: ''`` read whatever data set the command happened to run in."""
+    if os.fspath(root) == "":
+        raise LayoutError("missing_root", Path(), "the data set root is empty ('', the current folder); name its folder")
+    path = Path(root)
+    if not path.is_dir():
+        raise LayoutError("missing_root", path, f"{path}: data set root folder not found")
+    return path
+
+
 def _require_dir(path: Path, kind: str, what: str) -> Path:
     if not path.is_dir():
         raise LayoutError(kind, path, f"{path}: {what} not found" + (" (it is a file)" if path.exists() else ""))
@@ -174,14 +185,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         seed: int = 0,
         strict: bool = True,
     ):
-        self.root = Path(root)
+        self.root = _root_folder(root)
         self.split = split
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
         self.layout_problems: list[Problem] = []
-        if not self.root.is_dir():
-            raise LayoutError("missing_root", self.root, f"{self.root}: data set root folder not found")
         if self.SPLITS is not None and split not in self.SPLITS:
             raise LayoutError(
                 "unknown_split", self.root, f"{type(self).__name__}: unknown split {split!r}; one of {self.SPLITS}"
@@ -738,9 +747,7 @@ class FolderDataset(SegmentationDataset):
         seed: int = 0,
         strict: bool = True,
     ):
-        root = Path(root)
-        if not root.is_dir():
-            raise LayoutError("missing_root", root, f"{root}: data set root folder not found")
+        root = _root_folder(root)
         self.classes_file = root / "classes.yaml"
         self._table: np.ndarray | None = None
         self.info, self.ignore_color = load_classes_file(self.classes_file, name=root.resolve().name)

@@ -322,3 +322,19 @@ def test_an_empty_data_set_root_is_refused_not_read_as_the_current_folder(tmp_pa
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 1
     assert _error_line(capsys) == "error: the data set root is empty ('', the current folder); name its folder"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("split", ["", ".", "train/..", "../data/images/train", "/train"])
+def test_a_split_that_is_not_a_folder_name_is_refused(tmp_path, capsys, split):
+    """train_split '' (or 'train/..') read images/ and masks/ whole: every split, val included, was trained on."""
+    from train_helpers import make_folder_dataset
+
+    from pspnet.data.datasets import build_dataset
+
+    root = make_folder_dataset(tmp_path / "data", n_train=2, n_val=1)
+    words = f"{root}: split {split!r} is not a folder name (an empty, '.' or '..' part reads other splits"
+    with pytest.raises(LayoutError) as caught:
+        build_dataset("folder", root, split)
+    assert str(caught.value).startswith(words) and caught.value.kind == "unknown_split"
+    assert main(["data", "check", "--dataset", "folder", "--root", str(root), "--split", split, "--no-progress"]) == 1
+    assert f"unknown_split (1):\n  error: {root}\n      {words}" in capsys.readouterr().out

@@ -191,6 +191,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.layout_problems: list[Problem] = []
+        if any(part in ("", ".", "..") for part in str(split).replace("\\", "/").split("/")):
+            raise LayoutError(
+                "unknown_split",
+                self.root,
+                f"{self.root}: split {split!r} is not a folder name (an empty, '.' or '..' part reads other splits "
+                "or the whole data set: validation images would be trained on)",
+            )
         if self.SPLITS is not None and split not in self.SPLITS:
             raise LayoutError(
                 "unknown_split", self.root, f"{type(self).__name__}: unknown split {split!r}; one of {self.SPLITS}"

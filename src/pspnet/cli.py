@@ -312,7 +312,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except (CheckpointError, DataError):
         raise
     except ValueError as error:  # the inference settings: sizes beyond --max-pixels, scales that round to nothing
-        print(f"error: inference settings for {args.checkpoint}: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)  # "inference settings for CHECKPOINT: ..."
         return 2
     palette = None
     if args.palette is not None:

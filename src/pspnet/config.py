@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -19,6 +20,8 @@ __all__ = [
     "check_model_config",
     "config_from_dict",
     "load_train_config",
+    "load_yaml",
+    "yaml_problem",
 ]
 
 
@@ -71,9 +74,23 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 3, 8, 8, 6, 8
+    short.maxstring, short.maxlong, short.maxother = 60, 40, 60
+    return short
+
+
+_SHORT_REPR = _short_repr()
+
+
 def shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` (tuples as lists), cut to ``limit`` characters for an error message."""
-    text = repr(list(value) if isinstance(value, tuple) else value)
+    """``repr(value)`` (tuples as lists), cut to ``limit`` characters for an error message.
+
+    Long or deeply nested values are abbreviated (``reprlib``: at most 8 items per list, 3 levels) *before* they
+    are printed, so the work is bounded: a 300-byte YAML file of aliases can stand for millions of items.
+    """
+    text = _SHORT_REPR.repr(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -129,7 +146,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {shown(value)}")
         return tuple(_coerce(f"{name}[{i}]", v, item_type) for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -138,11 +155,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         (annotation,) = [a for a in options if a is not type(None)]
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+            raise ConfigError(f"{name}: expected true or false, got {shown(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            raise ConfigError(f"{name}: expected an integer, got {shown(value)}")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -151,11 +168,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {shown(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
+            raise ConfigError(f"{name}: expected a string, got {shown(value)}")
         return value
     raise TypeError(f"unsupported annotation for {name}: {annotation!r}")  # a programming error, not user input
 
@@ -257,7 +274,7 @@ class TrainConfig:
         return out
 
 
-def _yaml_problem(error: Exception) -> str:
+def yaml_problem(error: Exception) -> str:
     """A YAML error in one line: what is wrong and where (PyYAML's own message spans several lines)."""
     problem = getattr(error, "problem", None) or getattr(error, "context", None)
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
@@ -266,7 +283,7 @@ def _yaml_problem(error: Exception) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
 
 
-def _load_yaml(text: str) -> Any:
+def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that refuses a mapping with a repeated key (PyYAML silently keeps the last value)."""
     import yaml
 
@@ -302,13 +319,13 @@ def load_train_config(path: str | None, overrides: list[str] | None = None, **ba
     if path is not None:
         try:
             text = Path(path).read_bytes().decode("utf-8")
-            loaded = _load_yaml(text)
+            loaded = load_yaml(text)
         except OSError as error:
             raise ConfigError(f"{path}: cannot read the config: {error.strerror or error}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a YAML text file (not UTF-8 text)") from None
         except (yaml.YAMLError, ValueError, RecursionError) as error:
-            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -322,9 +339,9 @@ def load_train_config(path: str | None, overrides: list[str] | None = None, **ba
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value")
         try:
-            data[key.strip()] = _load_yaml(value)
+            data[key.strip()] = load_yaml(value)
         except (yaml.YAMLError, ValueError, RecursionError) as error:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {_yaml_problem(error)}") from None
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_problem(error)}") from None
     where = " + ".join(filter(None, [path, "--set" if overrides else None])) or "config"
     try:
         config = config_from_dict(TrainConfig, data)

@@ -27,8 +27,16 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from .data.classes import default_palette
-from .data.io import to_rgb8, read_image
-from .inference import DEFAULT_MAX_PIXELS, InferenceSettings, infer_proba, normalize, resolve_device
+from .data.io import read_image, to_rgb8
+from .errors import DataError
+from .inference import (
+    DEFAULT_MAX_PIXELS,
+    InferenceSettings,
+    check_image_size,
+    infer_proba,
+    normalize,
+    resolve_device,
+)
 from .models.pspnet import PSPNet
 from .weights.model_file import load_model, normalization
 
@@ -42,7 +50,8 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
 
     Paths are read by :func:`pspnet.data.io.read_image` (EXIF orientation applied; a missing or unreadable file is
     a :class:`~pspnet.errors.DataError` naming it); PIL images get ``ImageOps.exif_transpose`` and the same mode
-    conversions (grey, palette, alpha dropped, 16-bit scaled). A wrongly shaped or typed array or an image without
+    conversions (grey, palette, alpha dropped, 16-bit scaled); one whose pixels cannot be decoded (a truncated file
+    opened with ``Image.open``) is a DataError naming its file. A wrongly shaped or typed array or an image without
     pixels is a ``ValueError``, any other object a ``TypeError``, saying what was expected.
     """
     if isinstance(image, (str, os.PathLike)):
@@ -51,6 +60,13 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     elif isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"the PIL image has no pixels (size {image.width}x{image.height})")
+        try:  # Image.open decodes lazily: a truncated or corrupt file fails here, named, not deep in NumPy
+            image.load()
+        except MemoryError:
+            raise
+        except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors...
+            name = getattr(image, "filename", "") or "the PIL image"
+            raise DataError(f"{name}: cannot decode the PIL image: {error}") from error
         try:
             upright = ImageOps.exif_transpose(image)
         except Exception:  # noqa: BLE001 - a malformed EXIF block is no reason to refuse the pixels
@@ -130,17 +146,21 @@ class Segmenter:
         flip averaging of the official test protocol. Crop and base size come from the checkpoint's metadata.
         ``max_pixels``: the most pixels of any image inference makes (:data:`pspnet.inference.DEFAULT_MAX_PIXELS`,
         16.8 MP); a photo above it is refused with a ``ValueError``, and settings that could exceed it (a base size
-        at the largest scale, as a square) are refused here with a ``ValueError`` naming the limit.
+        at the largest scale, as a square; the file's own crop or base size included) are refused here with a
+        ``ValueError`` naming the file and the limit.
         """
         model = load_model(path, device=resolve_device(device))
-        settings = InferenceSettings.from_meta(
-            model.meta,
-            precision=precision,
-            mode=mode,
-            scales=tuple(float(s) for s in scales),
-            flip=bool(flip),
-            max_pixels=max_pixels,
-        )
+        try:
+            settings = InferenceSettings.from_meta(
+                model.meta,
+                precision=precision,
+                mode=mode,
+                scales=tuple(float(s) for s in scales),
+                flip=bool(flip),
+                max_pixels=max_pixels,
+            )
+        except ValueError as error:  # the file's crop or base size, or the arguments, beyond the limits
+            raise ValueError(f"inference settings for {os.fspath(path)}: {error}") from None
         return cls(model, settings, max_batch=max_batch)
 
     @property
@@ -178,8 +198,19 @@ class Segmenter:
         ids = proba.argmax(1)
         return ids.to("cpu", torch.uint8 if self.label_dtype == np.uint8 else torch.int32).numpy()
 
+    def _checked(self, image: ImageInput) -> np.ndarray:
+        """``as_rgb_array(image)``, refused (ValueError naming its file, if it has one) when it is above the
+        pixel cap, before any image is predicted."""
+        array = as_rgb_array(image)
+        try:
+            check_image_size(array.shape[0], array.shape[1], self.settings)
+        except ValueError as error:
+            name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "")
+            raise ValueError(f"{name}: {error}" if name else str(error)) from None
+        return array
+
     def _run(self, images: Sequence[ImageInput], max_batch: int | None, want_proba: bool) -> list[np.ndarray]:
-        arrays = [as_rgb_array(image) for image in images]
+        arrays = [self._checked(image) for image in images]
         results: list[np.ndarray | None] = [None] * len(arrays)
         for chunk in size_batches([a.shape for a in arrays], max_batch or self.max_batch):
             proba = self.infer([arrays[i] for i in chunk])

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..config import load_yaml, shown, yaml_problem
 from ..errors import DataError
 from .classes import DATASETS, DatasetInfo, default_palette
 from .io import orientation_words, read_image_and_orientation, read_mask
@@ -107,6 +108,17 @@ class LayoutError(DataError):
         self.path = Path(path)
 
 
+def _root_folder(root: str | os.PathLike) -> Path:
+    """``root`` as a Path when it is a folder, else a LayoutError naming it. An empty root is refused: Path("") is
+    the current folder, so a config's ``root: ''`` read whatever data set the command happened to run in."""
+    if os.fspath(root) == "":
+        raise LayoutError("missing_root", Path(), "the data set root is empty ('', the current folder); name its folder")
+    path = Path(root)
+    if not path.is_dir():
+        raise LayoutError("missing_root", path, f"{path}: data set root folder not found")
+    return path
+
+
 def _require_dir(path: Path, kind: str, what: str) -> Path:
     if not path.is_dir():
         raise LayoutError(kind, path, f"{path}: {what} not found" + (" (it is a file)" if path.exists() else ""))
@@ -173,14 +185,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
         seed: int = 0,
         strict: bool = True,
     ):
-        self.root = Path(root)
+        self.root = _root_folder(root)
         self.split = split
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
         self.layout_problems: list[Problem] = []
-        if not self.root.is_dir():
-            raise LayoutError("missing_root", self.root, f"{self.root}: data set root folder not found")
+        if any(part in ("", ".", "..") for part in str(split).replace("\\", "/").split("/")):
+            raise LayoutError(
+                "unknown_split",
+                self.root,
+                f"{self.root}: split {split!r} is not a folder name (an empty, '.' or '..' part reads other splits "
+                "or the whole data set: validation images would be trained on)",
+            )
         if self.SPLITS is not None and split not in self.SPLITS:
             raise LayoutError(
                 "unknown_split", self.root, f"{type(self).__name__}: unknown split {split!r}; one of {self.SPLITS}"
@@ -603,13 +620,14 @@ def _colour(value: Any, path: Path, key: str) -> tuple[int, int, int]:
         or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
     ):
         raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected [r, g, b] with integers 0..255, "
-                          f"got {value!r}")  # fmt: skip
+                          f"got {shown(value)}")  # fmt: skip
     return (value[0], value[1], value[2])
 
 
 def _positive_int(value: Any, path: Path, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected a positive integer, got {value!r}")
+        raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected a positive integer, got "
+                          f"{shown(value)}")  # fmt: skip
     return value
 
 
@@ -628,18 +646,18 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
         crop_size: [473, 473]     # training crop (H, W) and inference settings (defaults: 473, 512)
         base_size: 512
 
-    Every error names the file and the key at fault.
+    Every error names the file and the key at fault; a key given twice is an error (YAML would keep the last).
     """
     path = Path(path)
     if not path.is_file():
         raise LayoutError("missing_classes_file", path, f"{path}: classes file not found (a folder data set needs "
                           "ROOT/classes.yaml listing its classes; see docs/data.md)")  # fmt: skip
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise LayoutError("bad_classes_file", path, f"{path}: not valid YAML: {error}") from error
+        data = load_yaml(path.read_text(encoding="utf-8"))  # a key given twice is an error, as in configs
     except (OSError, UnicodeDecodeError) as error:
         raise LayoutError("bad_classes_file", path, f"{path}: cannot read: {error}") from error
+    except (yaml.YAMLError, ValueError, RecursionError) as error:  # also integers of 4300+ digits, deep nesting
+        raise LayoutError("bad_classes_file", path, f"{path}: not valid YAML: {yaml_problem(error)}") from error
     if not isinstance(data, dict):
         raise LayoutError("bad_classes_file", path, f"{path}: expected a mapping with a 'classes' key, got "
                           f"{type(data).__name__}")  # fmt: skip
@@ -650,7 +668,7 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
     entries = data.get("classes")
     if not isinstance(entries, list) or not entries:
         raise LayoutError("bad_classes_file", path, f"{path}: key 'classes': expected a non-empty list of "
-                          f"{{name: ..., color: [r, g, b]}}, got {entries!r}")  # fmt: skip
+                          f"{{name: ..., color: [r, g, b]}}, got {shown(entries)}")  # fmt: skip
     names: list[str] = []
     colours: list[tuple[int, int, int] | None] = []
     for i, entry in enumerate(entries):
@@ -659,7 +677,7 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
             entry = {"name": entry}
         if not isinstance(entry, dict):
             raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected {{name: ..., color: "
-                              f"[r, g, b]}} or a name, got {entry!r}")  # fmt: skip
+                              f"[r, g, b]}} or a name, got {shown(entry)}")  # fmt: skip
         extra = sorted(set(map(str, entry)) - {"name", "color"})
         if extra:
             raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': unknown key(s) "
@@ -667,7 +685,7 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
         class_name = entry.get("name")
         if not isinstance(class_name, str) or not class_name.strip():
             raise LayoutError("bad_classes_file", path, f"{path}: key '{key}.name': expected a non-empty string, "
-                              f"got {class_name!r}")  # fmt: skip
+                              f"got {shown(class_name)}")  # fmt: skip
         if class_name in names:
             raise LayoutError("bad_classes_file", path, f"{path}: key '{key}.name': {class_name!r} is also class "
                               f"{names.index(class_name)}; class names must be unique")  # fmt: skip
@@ -676,7 +694,8 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
     ignore_index = data.get("ignore_index", 255)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or ignore_index < len(names):
         raise LayoutError("bad_classes_file", path, f"{path}: key 'ignore_index': expected an integer >= the number "
-                          f"of classes ({len(names)}) so that it is no class id, got {ignore_index!r}")  # fmt: skip
+                          f"of classes ({len(names)}) so that it is no class id, got "
+                          f"{shown(ignore_index)}")  # fmt: skip
     if ignore_index > 65535:
         raise LayoutError("bad_classes_file", path, f"{path}: key 'ignore_index': must fit a 16-bit PNG (<= 65535), "
                           f"got {ignore_index}")  # fmt: skip
@@ -693,12 +712,14 @@ def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tu
     if isinstance(crop, int):
         crop = [crop, crop]
     if not isinstance(crop, list) or len(crop) != 2:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'crop_size': expected [height, width], got {crop!r}")
+        raise LayoutError("bad_classes_file", path, f"{path}: key 'crop_size': expected [height, width], got "
+                          f"{shown(crop)}")  # fmt: skip
     crop_size = (_positive_int(crop[0], path, "crop_size[0]"), _positive_int(crop[1], path, "crop_size[1]"))
     base_size = _positive_int(data.get("base_size", 512), path, "base_size")
     dataset_name = data.get("name", name if name is not None else "folder")
     if not isinstance(dataset_name, str) or not dataset_name:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'name': expected a string, got {dataset_name!r}")
+        raise LayoutError("bad_classes_file", path, f"{path}: key 'name': expected a string, got "
+                          f"{shown(dataset_name)}")  # fmt: skip
     info = DatasetInfo(
         name=dataset_name,
         classes=tuple(names),
@@ -733,9 +754,7 @@ class FolderDataset(SegmentationDataset):
         seed: int = 0,
         strict: bool = True,
     ):
-        root = Path(root)
-        if not root.is_dir():
-            raise LayoutError("missing_root", root, f"{root}: data set root folder not found")
+        root = _root_folder(root)
         self.classes_file = root / "classes.yaml"
         self._table: np.ndarray | None = None
         self.info, self.ignore_color = load_classes_file(self.classes_file, name=root.resolve().name)

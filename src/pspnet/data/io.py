@@ -126,9 +126,12 @@ def to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
         grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "F":
-        # Float images are taken to hold intensities in [0, 1].
-        grey = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        grey = np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)
+        # Float images are taken to hold intensities in [0, 1]; NaN is 0, values beyond are clipped (before the
+        # scaling, so that infinities and 1e308 raise no overflow warning). A damaged file may hold signalling NaNs,
+        # whose conversion raises NumPy's "invalid value" warning: they are NaNs like the others.
+        with np.errstate(invalid="ignore"):
+            grey = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float64)), 0.0, 1.0)
+        grey = np.rint(grey * 255.0).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     try:
         if mode == "P" and "transparency" in image.info:

@@ -182,3 +182,20 @@ def test_an_interrupt_is_one_line_with_status_130(monkeypatch, capsys):
     monkeypatch.setattr(pspnet.introspect, "summarize", interrupted)
     assert main(["info"]) == 130
     assert _error_line(capsys) == "error: interrupted"
+
+
+def test_warnings_are_one_line_each(monkeypatch, capsys):
+    """A warning (Pillow's on a damaged file, say) is one 'warning: ...' line, not Python's two lines with the
+    source line of the warning call."""
+    import warnings
+
+    import pspnet.introspect
+
+    def warns(*args, **kwargs):
+        warnings.warn("Corrupt EXIF data.\n  Expecting to read 12 bytes", UserWarning, stacklevel=1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pspnet.introspect, "summarize", warns)
+    assert main(["info"]) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["warning: Corrupt EXIF data. Expecting to read 12 bytes", "error: interrupted"]

@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -584,11 +585,25 @@ def _os_error(error: OSError) -> str:
     return f"{where}: {error.strerror or one_line(error)}"
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings (ours, Pillow's on a damaged file, PyTorch's) as one ``warning: ...`` line, without the source
+    line Python prints under them."""
+    print(f"warning: {' '.join(str(message).split())}", file=file if file is not None else sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     _add_debug_flag(parser, top=True)
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("PSPNET_DEBUG", "") not in ("", "0")
+    with warnings.catch_warnings():  # the warning printer is restored when the command returns
+        if not debug:
+            warnings.showwarning = _one_line_warning
+        return _run(args, debug)
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
+    """Run the chosen command; every failure becomes one ``error: ...`` line (see the module docstring)."""
     try:
         return int(args.func(args))
     except TrainingStopped as stopped:  # 'pspnet train' reports its own stop; the demo's training lands here

@@ -385,14 +385,19 @@ def _load_into(target, checkpoint: Path) -> None:
         assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
-def _broken_state(tmp_path: Path, checkpoint: Path, tensors=None, **changes) -> Path:
+def _broken_state(
+    tmp_path: Path, checkpoint: Path, tensors=None, *, broken: str = "state.safetensors", **changes
+) -> Path:
+    """A copy of ``checkpoint`` whose file ``broken`` has ``changes`` in its metadata and ``tensors(stored)`` as its
+    tensors (the other file linked as it is)."""
     copy_dir = tmp_path / checkpoint.name
     copy_dir.mkdir()
-    os.link(checkpoint / "model.safetensors", copy_dir / "model.safetensors")
-    with safetensors.safe_open(checkpoint / "state.safetensors", "pt") as handle:
+    other = "model.safetensors" if broken == "state.safetensors" else "state.safetensors"
+    os.link(checkpoint / other, copy_dir / other)
+    with safetensors.safe_open(checkpoint / broken, "pt") as handle:
         info = json.loads(handle.metadata()["pspnet"])
         stored = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    _write_raw(copy_dir / "state.safetensors", tensors(stored) if tensors else stored, info, **changes)
+    _write_raw(copy_dir / broken, tensors(stored) if tensors else stored, info, **changes)
     return copy_dir
 
 
@@ -464,13 +469,7 @@ def test_a_broken_training_state_tensor_is_refused_naming_the_file_and_key(
 
 
 def test_the_checkpoints_model_file_is_validated_too(tmp_path, checkpoint, target):
-    copy_dir = tmp_path / checkpoint.name
-    copy_dir.mkdir()
-    os.link(checkpoint / "state.safetensors", copy_dir / "state.safetensors")
-    with safetensors.safe_open(checkpoint / "model.safetensors", "pt") as handle:
-        meta = json.loads(handle.metadata()["pspnet"])
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    _write_raw(copy_dir / "model.safetensors", tensors, meta, classes=["road"])
+    copy_dir = _broken_state(tmp_path, checkpoint, broken="model.safetensors", classes=["road"])
     with pytest.raises(CheckpointError) as caught:
         _load_into(target, copy_dir)
     assert str(caught.value).startswith(f"{copy_dir / 'model.safetensors'}: metadata classes must be")

@@ -8,30 +8,21 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from predict_helpers import K, photo, write_tiny_checkpoint
 
 from pspnet.cli import main
 from pspnet.data.io import read_mask
-from pspnet.models.pspnet import PSPNet
 from pspnet.predict import expand_inputs, load_palette, predict_inputs
 from pspnet.segmenter import Segmenter
 from pspnet.visualize import colorize
-from pspnet.weights.model_file import make_meta, save_model
-
-K = 5
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(2)
-    model = PSPNet(num_classes=K, depth=18, head_channels=16, aux_channels=8)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_model(model, path, meta=make_meta(model.config, crop_size=(40, 56), base_size=56))
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +30,14 @@ def segmenter(checkpoint):
     return Segmenter.from_checkpoint(checkpoint, device="cpu")
 
 
-def _photo(height, width, seed):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 4 + seed * 20, y * 5, (x * y) % 97], axis=-1) % 256
-    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
-
-
 @pytest.fixture
 def photos(tmp_path):
     """photos/a.png, photos/b.jpg, photos/trip/day1/c.png (30x44), photos/notes.txt (not an input in a folder)."""
     root = tmp_path / "photos"
     (root / "trip" / "day1").mkdir(parents=True)
-    Image.fromarray(_photo(40, 56, 1)).save(root / "a.png")
-    Image.fromarray(_photo(40, 56, 2)).save(root / "b.jpg", quality=95)
-    Image.fromarray(_photo(30, 44, 3)).save(root / "trip" / "day1" / "c.png")
+    Image.fromarray(photo(40, 56, 1)).save(root / "a.png")
+    Image.fromarray(photo(40, 56, 2)).save(root / "b.jpg", quality=95)
+    Image.fromarray(photo(30, 44, 3)).save(root / "trip" / "day1" / "c.png")
     (root / "notes.txt").write_text("not a picture")
     return root
 
@@ -118,7 +102,7 @@ def test_globs_and_single_files(checkpoint, photos, tmp_path, monkeypatch):
 
 
 def test_name_clashes_keep_the_suffix(photos):
-    Image.fromarray(_photo(40, 56, 4)).save(photos / "a.jpg")
+    Image.fromarray(photo(40, 56, 4)).save(photos / "a.jpg")
     items, failures = expand_inputs([photos])
     assert sorted(i.name for i in items) == ["a_jpg", "a_png", "b", "trip/day1/c"] and not failures
 
@@ -135,7 +119,7 @@ def test_bad_inputs_are_reported_and_skipped(checkpoint, photos, tmp_path, capsy
     bad.mkdir()
     (bad / "text.jpg").write_text("hello")
     (bad / "empty.png").write_bytes(b"")
-    Image.fromarray(_photo(40, 56, 5)).save(bad / "truncated.png")
+    Image.fromarray(photo(40, 56, 5)).save(bad / "truncated.png")
     data = (bad / "truncated.png").read_bytes()
     (bad / "truncated.png").write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
@@ -182,7 +166,7 @@ def test_video_in_and_out(checkpoint, tmp_path):
     clip.parent.mkdir()
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (56, 40))
     for i in range(5):
-        writer.write(_photo(40, 56, i)[:, :, ::-1].copy())
+        writer.write(photo(40, 56, i)[:, :, ::-1].copy())
     writer.release()
     out = tmp_path / "out"
     assert _predict(checkpoint, tmp_path / "videos", "--out", out, "--batch", "2") == 0
@@ -203,7 +187,7 @@ def test_video_in_and_out(checkpoint, tmp_path):
 
 def test_images_of_one_size_are_batched(checkpoint, segmenter, photos, tmp_path, monkeypatch):
     for i in range(5):
-        Image.fromarray(_photo(40, 56, 10 + i)).save(photos / f"z{i}.png")
+        Image.fromarray(photo(40, 56, 10 + i)).save(photos / f"z{i}.png")
     sizes = []
     infer = Segmenter.infer
     monkeypatch.setattr(Segmenter, "infer", lambda self, images: sizes.append(len(images)) or infer(self, images))
@@ -229,7 +213,7 @@ def test_predict_gives_the_labels_of_eval_save_pred(checkpoint, tmp_path, mode):
     (root / "classes.yaml").write_text("classes: [c0, c1, c2, c3, c4]\ncrop_size: [40, 56]\nbase_size: 56\n")
     for i, name in enumerate(["p0", "p1", "site/p2"]):
         size = (40, 56) if i < 2 else (48, 36)
-        Image.fromarray(_photo(*size, 20 + i)).save(root / "images" / "val" / f"{name}.png")
+        Image.fromarray(photo(*size, 20 + i)).save(root / "images" / "val" / f"{name}.png")
         Image.fromarray((np.arange(size[0] * size[1]) % K).reshape(size).astype(np.uint8)).save(
             root / "masks" / "val" / f"{name}.png"
         )

@@ -12,29 +12,23 @@ import pytest
 import safetensors.torch
 import torch
 from PIL import Image
+from predict_helpers import K, photo, write_tiny_checkpoint
 
 from pspnet.cli import main
 from pspnet.data.io import read_image, read_mask
 from pspnet.errors import DataError
 from pspnet.inference import DEFAULT_MAX_PIXELS, InferenceSettings, check_image_size, infer_proba, resized_size
-from pspnet.models.pspnet import PSPNet
 from pspnet.predict import InputItem, UnsafeOutputs, csv_cell, expand_inputs, plan_outputs, predict_inputs
 from pspnet.segmenter import Segmenter
 from pspnet.visualize import colorize
-from pspnet.weights.model_file import METADATA_KEY, make_meta, read_weights_file, save_model
-
-K = 5
+from pspnet.weights.model_file import METADATA_KEY, read_weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(2)
-    model = PSPNet(num_classes=K, depth=18, head_channels=16, aux_channels=8)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_model(model, path, meta=make_meta(model.config, crop_size=(40, 56), base_size=56))
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +36,9 @@ def segmenter(checkpoint):
     return Segmenter.from_checkpoint(checkpoint, device="cpu")
 
 
-def _photo(height, width, seed):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 4 + seed * 20, y * 5, (x * y) % 97], axis=-1) % 256
-    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
-
-
 def _save(path, height=40, width=56, seed=1):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_photo(height, width, seed)).save(path)
+    Image.fromarray(photo(height, width, seed)).save(path)
     return path
 
 

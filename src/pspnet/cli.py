@@ -213,7 +213,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from .config import load_train_config
     from .engine import distributed
-    from .engine.train import NonFiniteLossError, TrainingStopped, train
+    from .engine.train import NonFiniteLossError, train
 
     config_path = args.config
     if config_path is None:
@@ -542,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_predict)
 
     add_data_commands(commands)
+    _add_debug_flag(parser, top=True)
     return parser
 
 
@@ -592,9 +593,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    _add_debug_flag(parser, top=True)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("PSPNET_DEBUG", "") not in ("", "0")
     with warnings.catch_warnings():  # the warning printer is restored when the command returns
         if not debug:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import reprlib
 import types
@@ -283,8 +284,9 @@ def yaml_problem(error: Exception) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
 
 
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that refuses a mapping with a repeated key (PyYAML silently keeps the last value)."""
+@functools.cache
+def _unique_key_loader() -> type:
+    """A SafeLoader subclass whose mappings refuse a repeated key (made once, on first use: yaml loads lazily)."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
@@ -306,7 +308,14 @@ def load_yaml(text: str) -> Any:
         return loader.construct_mapping(node, deep=deep)
 
     UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    return UniqueKeyLoader
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a mapping with a repeated key (PyYAML silently keeps the last value)."""
+    import yaml
+
+    return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
 
 
 def load_train_config(path: str | None, overrides: list[str] | None = None, **base: Any) -> TrainConfig:
@@ -389,7 +398,7 @@ def _validate_train(c: TrainConfig, where: str) -> None:
         value = getattr(c, f.name)
         numbers = value if isinstance(value, tuple) else (value,)
         if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
-            fail(f"{f.name} must be finite, got {value!r}")
+            fail(f"{f.name} must be finite, got {shown(value)}")
     if c.lr < 0 or c.head_lr_mult < 0 or c.weight_decay < 0 or not 0 <= c.momentum < 1:
         fail("lr, head_lr_mult and weight_decay must be >= 0 and momentum in [0, 1)")
     if c.poly_power < 0:  # (1 - i / max_iter) ** power: a negative power divides by zero at the last step

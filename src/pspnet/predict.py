@@ -43,7 +43,6 @@ import io
 import json
 import os
 import re
-import stat
 import sys
 import time
 from collections import deque
@@ -60,7 +59,7 @@ from tqdm import tqdm
 from .atomic import atomic_open, temporary_beside
 from .data.classes import DATASETS
 from .data.datasets import IMAGE_SUFFIXES
-from .data.io import write_image_png, write_mask_png
+from .data.io import open_regular, write_image_png, write_mask_png
 from .errors import DataError
 from .inference import check_image_size
 from .segmenter import Segmenter, as_rgb_array
@@ -453,16 +452,13 @@ def _message(source: Path, error: BaseException) -> str:
 
 
 def _not_regular(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a file (missing, a folder, a FIFO...), or None for a regular file."""
+    """Why ``path`` cannot be read as a video file (missing, a folder, a FIFO...), or None for a regular file:
+    :func:`pspnet.data.io.open_regular`'s check, made before OpenCV opens it (OpenCV would block on a FIFO)."""
     try:
-        mode = os.stat(path).st_mode
-    except OSError as error:
-        return f"{path}: cannot read: {error.strerror or error}"
-    if stat.S_ISDIR(mode):
-        return f"{path}: is a folder, expected a video file"
-    if not stat.S_ISREG(mode):
-        return f"{path}: not a regular file (a FIFO, socket or device), expected a video file"
-    return None
+        with open_regular(path, "video"):
+            return None
+    except DataError as error:
+        return str(error)
 
 
 class _Run:

@@ -118,6 +118,8 @@ class Segmenter:
         self.max_batch = max_batch
         parameter = next(model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
+        # inputs go in in the model's dtype: float32, float64 in numerical tests
+        self.dtype = parameter.dtype if parameter is not None else torch.float32
         self.mean, self.std = normalization(self.meta)
         k = int(model.num_classes)
         self.classes: list[str] = list(self.meta.get("classes") or [f"class_{i}" for i in range(k)])
@@ -189,9 +191,7 @@ class Segmenter:
         if any(image.shape != shape for image in images):
             raise ValueError(f"images of one batch must have one size, got {sorted({i.shape for i in images})}")
         batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
-        parameter = next(self.model.parameters(), None)
-        dtype = parameter.dtype if parameter is not None else torch.float32  # float32; float64 in numerical tests
-        return infer_proba(self.model, normalize(batch, self.mean, self.std, dtype=dtype), self.settings)
+        return infer_proba(self.model, normalize(batch, self.mean, self.std, dtype=self.dtype), self.settings)
 
     def labels(self, proba: Tensor) -> np.ndarray:
         """``(N, K, H, W)`` probabilities -> ``(N, H, W)`` class ids on the CPU (uint8, int32 above 256 classes)."""

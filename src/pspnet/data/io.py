@@ -67,15 +67,15 @@ def open_regular(path: str | os.PathLike, what: str) -> IO[bytes]:
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected an {what} file") from None
+        raise DataError(f"{path}: is a folder, expected a regular {what} file") from None
     except OSError as error:
         raise DataError(f"{path}: cannot open {what} file: {error.strerror or error}") from None
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
-            raise DataError(f"{path}: is a folder, expected an {what} file")
+            raise DataError(f"{path}: is a folder, expected a regular {what} file")
         if not stat.S_ISREG(mode):
-            raise DataError(f"{path}: not a regular file (a FIFO, socket or device), expected an {what} file")
+            raise DataError(f"{path}: not a regular file (a FIFO, socket or device), expected a regular {what} file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")

@@ -40,7 +40,7 @@ from PIL import Image
 from pspnet.data.transforms import Compose, paper_train_transform
 from pspnet.engine.losses import pspnet_loss
 from pspnet.models.pspnet import PSPNet
-from pspnet.weights.model_file import IMAGENET_MEAN, IMAGENET_STD
+from pspnet.constants import IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAMVID = ROOT.parent / "shared" / "data" / "camvid"

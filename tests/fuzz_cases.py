@@ -161,11 +161,11 @@ def make_model_file(path: Path) -> Path:
     import torch
 
     from pspnet.models.pspnet import PSPNet
-    from pspnet.weights.model_file import make_meta, save_model
+    from pspnet.weights.model_file import make_card, save_model
 
     torch.manual_seed(2)
     model = PSPNet(num_classes=K, depth=18, head_channels=16, aux_channels=8)
-    save_model(model, path, meta=make_meta(model.config, crop_size=CROP, base_size=BASE_SIZE))
+    save_model(model, path, card=make_card(model.config, crop_size=CROP, base_size=BASE_SIZE))
     return path
 
 
@@ -978,7 +978,8 @@ def run_config(fixture: Fixture, case: TextCase, folder: Path, *, train_valid: b
     """``load_train_config(path)``: a TrainConfig or a ConfigError naming the file; then ``pspnet train path
     --out RUN``: for an invalid config, exit 1 naming the file; a valid one is trained only when it is tiny
     (:func:`_cheap`) and ``train_valid``: exit 0, or a failure naming the file, the data set or the run folder."""
-    from pspnet.config import ConfigError, load_train_config
+    from pspnet.engine.config import load_train_config
+from pspnet.errors import ConfigError
 
     path = folder / "config.yaml"
     path.write_bytes(
@@ -1158,7 +1159,8 @@ def run_meta(fixture: Fixture, case: MetaCase, folder: Path, photo: Path) -> dic
     can exceed the pixel cap of inference: load_model accepts it, the other two refuse it naming the file."""
     from pspnet.errors import CheckpointError
     from pspnet.segmenter import Segmenter
-    from pspnet.weights.model_file import load_model, write_weights_file
+    from pspnet import load_model
+    from pspnet.weights.model_file import write_weights_file
 
     meta = apply_mutations(fixture.meta, case.mutations)
     path = folder / "model.safetensors"

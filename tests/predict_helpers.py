@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pspnet.models.pspnet import PSPNet
-from pspnet.weights.model_file import make_meta, save_model
+from pspnet.weights.model_file import make_card, save_model
 
 K = 5  # classes of the tiny model
 
@@ -17,7 +17,7 @@ def write_tiny_checkpoint(path: Path) -> Path:
     """A seeded PSPNet on ResNet-18 with 16/8-channel heads and K classes; crop 40x56 and base size 56."""
     torch.manual_seed(2)
     model = PSPNet(num_classes=K, depth=18, head_channels=16, aux_channels=8)
-    save_model(model, path, meta=make_meta(model.config, crop_size=(40, 56), base_size=56))
+    save_model(model, path, card=make_card(model.config, crop_size=(40, 56), base_size=56))
     return path
 
 

@@ -4,7 +4,8 @@ import pytest
 
 from pspnet.atomic import atomic_open
 from pspnet.cli import main
-from pspnet.config import ConfigError, load_train_config
+from pspnet.engine.config import load_train_config
+from pspnet.errors import ConfigError
 
 BASE = ["dataset=camvid", "root=somewhere", "iterations=2"]
 
@@ -33,7 +34,7 @@ def test_yaml_1_1_exponent_floats_are_numbers(tmp_path):
 def test_bad_values_are_refused_up_front_naming_the_key(override, named):
     with pytest.raises(ConfigError, match=named) as error:
         load_train_config(None, [*BASE, override])
-    assert str(error.value).startswith("--set")
+    assert str(error.value).startswith("overrides") and error.value.argument == "overrides"  # the CLI says --set
 
 
 def test_budget_must_be_given_once():

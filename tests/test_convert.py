@@ -87,7 +87,7 @@ def test_unknown_and_missing_keys_are_named(tmp_path):
 
 def test_wrong_source_layout_fails_naming_keys(tmp_path):
     torch.save(to_official(_official_model().state_dict()), tmp_path / "official.pth")
-    with pytest.raises(ConversionError, match=r"--from mmseg: \d+ unknown key\(s\): \['aux\.0\.weight'"):
+    with pytest.raises(ConversionError, match=r"as mmseg: \d+ unknown key\(s\): \['aux\.0\.weight'"):
         convert("mmseg", tmp_path / "official.pth", tmp_path / "out.safetensors")
 
 
@@ -101,7 +101,7 @@ def test_shape_mismatch_is_named(tmp_path):
 
 def test_dataset_with_another_class_count_is_refused(tmp_path):
     torch.save(to_official(_official_model(11).state_dict()), tmp_path / "src.pth")
-    with pytest.raises(ConversionError, match="--dataset ade20k: has 150 classes.*11"):
+    with pytest.raises(ConversionError, match="dataset ade20k: has 150 classes.*11"):
         convert("official", tmp_path / "src.pth", tmp_path / "out.safetensors", dataset="ade20k")
 
 
@@ -166,11 +166,11 @@ def test_timm_resnet_d_is_refused_naming_keys(tmp_path):
     sd = to_imagenet(ResNet(depth=50, stem="deep").state_dict(), deep=True)
     sd = {k.replace("conv2.", "conv1.3.") if k.startswith("conv2.") else k: v for k, v in sd.items()}  # resnet50d stem
     torch.save(sd, tmp_path / "resnet50d.pth")
-    with pytest.raises(ConversionError, match=r"--from torchvision: 11 unknown key\(s\): \['bn2\.bias'"):
+    with pytest.raises(ConversionError, match=r"as torchvision: 11 unknown key\(s\): \['bn2\.bias'"):
         convert("torchvision", tmp_path / "resnet50d.pth", tmp_path / "backbone.safetensors")
 
 
 def test_dataset_is_refused_for_backbones(tmp_path):
     torch.save(to_imagenet(ResNet(depth=18, stem="basic").state_dict(), deep=False), tmp_path / "r18.pth")
-    with pytest.raises(ConversionError, match="--dataset applies to full models"):
+    with pytest.raises(ConversionError, match="dataset applies to full models"):
         convert("torchvision", tmp_path / "r18.pth", tmp_path / "b.safetensors", dataset="voc")

@@ -11,9 +11,9 @@ from conftest import tiny_pspnet
 from train_helpers import make_folder_dataset, write_config
 
 from pspnet.cli import main, one_line
-from pspnet.config import ConfigError
+from pspnet.errors import ConfigError
 from pspnet.errors import DataError
-from pspnet.weights.model_file import make_meta, save_model
+from pspnet.weights.model_file import make_card, save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,7 +27,7 @@ def data_root(tmp_path_factory) -> Path:
 def model_file(tmp_path_factory) -> Path:
     model = tiny_pspnet(3)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(model, path, meta=make_meta(model.config, crop_size=(48, 64), base_size=64))
+    save_model(model, path, card=make_card(model.config, crop_size=(48, 64), base_size=64))
     return path
 
 

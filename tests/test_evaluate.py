@@ -100,10 +100,10 @@ def test_save_pred_needs_out(checkpoint):
 
 
 def test_sizes_default_to_the_data_set_for_a_checkpoint_made_elsewhere(tmp_path):
-    from pspnet.weights.model_file import make_meta, save_model
+    from pspnet.weights.model_file import make_card, save_model
 
     model = tiny_pspnet(11)
-    path = save_model(model, tmp_path / "generic.safetensors", meta=make_meta(model.config, crop_size=(97, 97)))
+    path = save_model(model, tmp_path / "generic.safetensors", card=make_card(model.config, crop_size=(97, 97)))
     report = _eval(path, tmp_path / "out", "--base-size", "97", "--limit", "1")
     assert report["settings"]["crop_size"] == [360, 480]  # CamVid's, not the checkpoint's 97x97
     assert report["settings"]["base_size"] == 97  # the explicit flag wins

@@ -19,12 +19,14 @@ from hypothesis import HealthCheck, example, given, settings
 from PIL import Image
 
 from pspnet.cli import main
-from pspnet.config import ConfigError, load_train_config, shown
+from pspnet.engine.config import load_train_config
+from pspnet.errors import ConfigError
+from pspnet.parsing import shown
 from pspnet.data.datasets import LayoutError, load_classes_file
 from pspnet.errors import DataError
 from pspnet.inference import InferenceSettings
 from pspnet.segmenter import Segmenter, as_rgb_array
-from pspnet.weights.model_file import make_meta, read_weights_file, save_model, write_weights_file
+from pspnet.weights.model_file import make_card, read_weights_file, save_model, write_weights_file
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -269,7 +271,7 @@ def test_a_model_file_whose_sizes_exceed_the_pixel_cap_is_named_by_segmenter(tmp
     """Sizes a model file may hold (up to 65535 a side) can still exceed the pixel cap: Segmenter.from_checkpoint
     raised a ValueError about "base size 65535" that did not say which file asked for it."""
     model = tiny_pspnet(3, head_channels=16, aux_channels=8)
-    source = save_model(model, tmp_path / "tiny.safetensors", meta=make_meta(model.config, crop_size=(24, 24)))
+    source = save_model(model, tmp_path / "tiny.safetensors", card=make_card(model.config, crop_size=(24, 24)))
     tensors, meta = read_weights_file(source)
     meta["inference"][field] = value
     path = write_weights_file(tmp_path / "absurd.safetensors", tensors, meta)

@@ -8,6 +8,7 @@ from conftest import tiny_pspnet
 from rounding import gamma, network_rtol, probability_bound, unit_roundoff
 from torch import nn
 
+from pspnet.weights.model_file import make_card
 from pspnet.inference import InferenceSettings, infer_proba, normalize, resized_size, window_starts
 
 
@@ -172,10 +173,11 @@ def test_bf16_pspnet_runs_and_gives_float32_probabilities():
     assert bf16.dtype == torch.float32 and bf16.shape == (1, 5, 49, 49) and torch.isfinite(bf16).all()
 
 
-def test_settings_from_meta_and_validation():
-    meta = {"inference": {"crop_size": [360, 480], "base_size": 480}}
-    settings = InferenceSettings.from_meta(meta, flip=True, scales=[1.0, 1.5], mode=None)
+def test_settings_from_card_and_validation():
+    card = make_card(tiny_pspnet(11).config, dataset="camvid")
+    settings = InferenceSettings.from_card(card, flip=True, scales=[1.0, 1.5], mode=None)
     assert settings.crop_size == (360, 480) and settings.base_size == 480
+    assert InferenceSettings.from_card(None) == InferenceSettings()
     assert settings.flip and settings.scales == (1.0, 1.5) and settings.mode == "auto"
     with pytest.raises(ValueError, match="mode"):
         InferenceSettings(mode="tiles")

@@ -9,12 +9,13 @@ from conftest import tiny_pspnet
 import pspnet
 from pspnet.data.classes import DATASETS
 from pspnet.errors import CheckpointError
+from pspnet.runs import resolve_model_path
 from pspnet.weights.model_file import (
     FORMAT_VERSION,
     load_backbone_weights,
-    make_meta,
+    make_card,
     read_weights_file,
-    resolve_model_path,
+    model_metadata,
     save_model,
     write_weights_file,
 )
@@ -22,8 +23,7 @@ from pspnet.weights.model_file import (
 
 def _saved(tmp_path, name="model.safetensors", **meta_args):
     model = tiny_pspnet(11)
-    meta = make_meta(model.config, dataset="camvid", **meta_args)
-    path = save_model(model, tmp_path / name, meta=meta)
+    path = save_model(model, tmp_path / name, card=make_card(model.config, dataset="camvid", **meta_args))
     return model, path
 
 
@@ -35,8 +35,11 @@ def test_round_trip_of_weights_and_metadata(tmp_path):
     original = model.state_dict()
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, original[key]), key
+    _, stored = read_weights_file(path)
+    assert stored["kind"] == "model" and stored["format_version"] == FORMAT_VERSION
     meta = loaded.meta
-    assert meta["kind"] == "model" and meta["format_version"] == FORMAT_VERSION
+    assert {k: v for k, v in stored.items() if k not in ("kind", "format_version", "tensors_sha256")} == meta
+    assert loaded.card.classes == DATASETS["camvid"].classes and loaded.card.mean == (123.675, 116.28, 103.53)
     assert meta["classes"] == list(DATASETS["camvid"].classes)
     assert meta["palette"] == [list(c) for c in DATASETS["camvid"].palette]
     assert meta["ignore_index"] == 255
@@ -140,7 +143,7 @@ def test_backbone_file_is_refused_by_load_model(tmp_path):
 
 def test_newer_format_is_refused(tmp_path):
     model = tiny_pspnet(2)
-    meta = make_meta(model.config)
+    meta = model_metadata(make_card(model.config))
     meta["format_version"] = FORMAT_VERSION + 1
     path = write_weights_file(tmp_path / "future.safetensors", model.state_dict(), meta)
     with pytest.raises(CheckpointError, match="newer"):
@@ -151,7 +154,7 @@ def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
     model = tiny_pspnet(2)
     sd = model.state_dict()
     del sd["decode_head.bn.bias"]
-    meta = make_meta(model.config)
+    meta = model_metadata(make_card(model.config))
     path = write_weights_file(tmp_path / "broken.safetensors", sd, meta)
     with pytest.raises(CheckpointError, match="decode_head.bn.bias"):
         pspnet.load_model(path)
@@ -180,14 +183,14 @@ def test_read_weights_file_returns_tensors_and_meta(tmp_path):
     assert meta["dataset"] == "camvid"
 
 
-def test_make_meta_checks_its_arguments():
+def test_make_card_checks_its_arguments():
     config = tiny_pspnet(5).config
     with pytest.raises(ValueError, match="11 classes"):
-        make_meta(config, dataset="camvid")
+        make_card(config, dataset="camvid")
     with pytest.raises(ValueError, match="class names"):
-        make_meta(config, classes=["a", "b"])
+        make_card(config, classes=["a", "b"])
     with pytest.raises(ValueError, match="unknown dataset"):
-        make_meta(config, dataset="coco")
+        make_card(config, dataset="coco")
 
 
 @pytest.mark.parametrize("target", [0x380, 0x4B50])

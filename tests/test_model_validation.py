@@ -7,6 +7,7 @@ the field under test), and each must be refused with one CheckpointError line na
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -18,14 +19,17 @@ import torch
 from conftest import tiny_pspnet
 
 import pspnet
-from pspnet.config import ConfigError, load_train_config
+from pspnet.engine.config import load_train_config
+from pspnet.errors import ConfigError
 from pspnet.data.classes import DATASETS
 from pspnet.engine.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint
 from pspnet.errors import CheckpointError
+from pspnet.models.card import ModelCard
 from pspnet.models.pspnet import PSPNet
 from pspnet.weights.model_file import (
     load_backbone_weights,
-    make_meta,
+    make_card,
+    model_metadata,
     save_model,
     tensors_sha256,
     write_weights_file,
@@ -42,8 +46,12 @@ def model() -> PSPNet:
     return tiny_pspnet(K).eval()
 
 
+def _card(model: PSPNet) -> ModelCard:
+    return make_card(model.config, classes=CLASSES, crop_size=(40, 56), base_size=56, source={"from": "test"})
+
+
 def _meta(model: PSPNet) -> dict:
-    return make_meta(model.config, classes=CLASSES, crop_size=(40, 56), base_size=56, source={"from": "test"})
+    return model_metadata(_card(model))
 
 
 def _write_raw(path: Path, tensors: dict, meta: dict, **changes) -> Path:
@@ -176,7 +184,7 @@ def test_missing_checksum_says_what_the_file_is_and_how_to_fix_it(tmp_path, mode
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_every_known_data_sets_metadata_is_valid(tmp_path, name):
     net = tiny_pspnet(DATASETS[name].num_classes)
-    path = save_model(net, tmp_path / "m.safetensors", meta=make_meta(net.config, dataset=name))
+    path = save_model(net, tmp_path / "m.safetensors", card=make_card(net.config, dataset=name))
     assert pspnet.load_model(path).meta["dataset"] == name
 
 
@@ -250,7 +258,7 @@ def test_a_non_finite_batchnorm_statistic_is_refused(tmp_path, model):
 
 
 def test_non_finite_weights_are_never_written_and_the_old_file_stays(tmp_path, model):
-    path = save_model(model, tmp_path / "m.safetensors", meta=_meta(model))
+    path = save_model(model, tmp_path / "m.safetensors", card=_card(model))
     good = path.read_bytes()
     broken = tiny_pspnet(K)
     broken.load_state_dict(model.state_dict())
@@ -259,7 +267,7 @@ def test_non_finite_weights_are_never_written_and_the_old_file_stays(tmp_path, m
     with pytest.raises(CheckpointError, match=r"not written.*'decode_head\.conv\.weight' holds 1 non-finite"):
         write_weights_file(path, broken.state_dict(), _meta(model))
     with pytest.raises(CheckpointError, match=r"'decode_head\.conv\.weight' holds 1 non-finite.*not written") as caught:
-        save_model(broken, path, meta=_meta(model))
+        save_model(broken, path, card=_card(model))
     assert str(caught.value).startswith(f"{path}: ")
     assert path.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary file left
@@ -268,7 +276,7 @@ def test_non_finite_weights_are_never_written_and_the_old_file_stays(tmp_path, m
 def test_save_refuses_what_load_would_refuse(tmp_path, model):
     path = tmp_path / "m.safetensors"
     with pytest.raises(CheckpointError, match=r"metadata classes must be .*not written"):
-        save_model(model, path, meta={**_meta(model), "classes": ["road"]})
+        save_model(model, path, card=dataclasses.replace(_card(model), classes=("road",)))
     double = tiny_pspnet(K).double()
     with pytest.raises(CheckpointError, match=r"is float64.*not written"):
         save_model(double, path)
@@ -323,7 +331,7 @@ def test_pspnet_itself_names_a_bad_field_before_building_anything():
 def test_training_configs_use_the_same_model_rules(override, message):
     with pytest.raises(ConfigError) as caught:
         load_train_config(None, ["dataset=camvid", "root=x", "iterations=2", override])
-    assert str(caught.value).startswith("--set: ") and message in str(caught.value)
+    assert str(caught.value).startswith("overrides: ") and message in str(caught.value)
 
 
 # -- training state --------------------------------------------------------------------------------------------
@@ -348,7 +356,7 @@ def checkpoint(tmp_path_factory, model) -> Path:
     return save_checkpoint(
         tmp_path_factory.mktemp("run"),
         model=net,
-        meta=_meta(net),
+        card=_card(net),
         optimizer=optimizer,
         state=state,
         config={"lr": 0.01},

@@ -2,6 +2,7 @@
 sections 2 and 3): inputs inside --out, globs with '..', symlinked folders, output collisions, CSV formulas, thin
 images, failing forwards, FIFOs, absurd scales and sizes, the pixel cap."""
 
+import dataclasses
 import csv
 import json
 import os
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from predict_helpers import K, photo, write_tiny_checkpoint
 
+import pspnet
 from pspnet.cli import main
 from pspnet.data.io import read_image, read_mask
 from pspnet.errors import DataError
@@ -406,7 +408,8 @@ def test_model_metadata_asking_for_absurd_sizes_is_refused(checkpoint, tmp_path,
         assert words in err and f"limit of {DEFAULT_MAX_PIXELS} pixels" in err
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match=f"{words}.*above the limit of {DEFAULT_MAX_PIXELS} pixels"):
-        InferenceSettings.from_meta({"inference": {field: value}})
+        card = pspnet.load_model(checkpoint).card
+        InferenceSettings.from_card(dataclasses.replace(card, **{field: tuple(value) if isinstance(value, list) else value}))
 
 
 def test_the_pixel_cap_holds_for_native_size_images(checkpoint, tmp_path):

@@ -35,7 +35,7 @@ from train_helpers import (
 )
 
 from pspnet.cli import main
-from pspnet.config import ConfigError
+from pspnet.errors import ConfigError
 from pspnet.engine import distributed
 from pspnet.engine import train as train_module
 from pspnet.engine.train import train

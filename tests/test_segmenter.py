@@ -15,7 +15,7 @@ from pspnet.errors import DataError
 from pspnet.inference import InferenceSettings
 from pspnet.models.pspnet import PSPNet
 from pspnet.segmenter import Segmenter, as_rgb_array, size_batches
-from pspnet.weights.model_file import make_meta, save_model
+from pspnet.weights.model_file import make_card, save_model
 
 CROP = (40, 56)
 
@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(1)
     model = tiny_model()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_model(model, path, meta=make_meta(model.config, crop_size=CROP, base_size=56))
+    save_model(model, path, card=make_card(model.config, crop_size=CROP, base_size=56))
     return path
 
 
@@ -184,6 +184,8 @@ class Pointwise(torch.nn.Module):
     def __init__(self, num_classes):
         super().__init__()
         self.num_classes = num_classes
+        self.config = pspnet.ModelConfig(num_classes=num_classes)  # what Segmenter reads of a model without a card
+        self.card = None
         self.conv = torch.nn.Conv2d(3, num_classes, 1)
 
     def forward(self, x):

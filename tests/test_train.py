@@ -41,7 +41,8 @@ from train_helpers import (
 
 import pspnet
 from pspnet.cli import main
-from pspnet.config import ConfigError, load_train_config
+from pspnet.engine.config import load_train_config
+from pspnet.errors import ConfigError
 from pspnet.data.datasets import build_dataset
 from pspnet.data.io import read_mask
 from pspnet.engine import checkpoint as checkpoint_module

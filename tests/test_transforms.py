@@ -22,7 +22,7 @@ from pspnet.data.transforms import (
     pad_colour,
     paper_train_transform,
 )
-from pspnet.weights.model_file import IMAGENET_MEAN
+from pspnet.constants import IMAGENET_MEAN
 
 IGNORE = 255
 MEAN_U8 = (124, 116, 104)  # ImageNet mean (123.675, 116.28, 103.53) rounded

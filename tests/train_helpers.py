@@ -20,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pspnet.config import TrainConfig, load_train_config
+from pspnet.engine.config import TrainConfig, load_train_config
 from pspnet.data.io import write_mask_png
 from pspnet.weights.model_file import read_weights_file
 

@@ -3,28 +3,32 @@
 Quick use::
 
     import pspnet
-    model = pspnet.load_model("pspnet50_ade20k.safetensors")  # eval mode, model.meta holds classes etc.
+    model = pspnet.load_model("pspnet50_ade20k.safetensors")  # eval mode; model.card holds classes etc.
     logits = model(images)  # (N, 3, H, W) normalised -> (N, classes, H, W)
 """
 
-__version__ = "0.1.0"
-
-from .config import ModelConfig  # noqa: E402
-from .errors import CheckpointError, ConversionError, DataError  # noqa: E402
-from .models.pspnet import MODELS, PSPNet, build_model  # noqa: E402
-from .segmenter import Segmenter  # noqa: E402
-from .weights.model_file import load_model, save_model  # noqa: E402
+from .constants import __version__
+from .errors import CheckpointError, ConfigError, ConversionError, DataError
+from .models.card import ModelCard
+from .models.config import ModelConfig
+from .models.pspnet import MODELS, PSPNet, build_model
+from .runs import load_model
+from .segmenter import Segmenter
+from .weights.model_file import make_card, save_model
 
 __all__ = [
     "MODELS",
     "CheckpointError",
+    "ConfigError",
     "ConversionError",
     "DataError",
+    "ModelCard",
     "ModelConfig",
     "PSPNet",
     "Segmenter",
     "__version__",
     "build_model",
     "load_model",
+    "make_card",
     "save_model",
 ]

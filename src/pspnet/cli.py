@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .config import ConfigError
+from .constants import __version__
 from .data.classes import DATASETS
 from .data.cli_data import add_data_commands
-from .errors import CheckpointError, ConversionError, DataError, TrainingStopped
+from .errors import ConfigError, InputError, TrainingStopped
 from .inference import DEFAULT_MAX_PIXELS
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
@@ -151,28 +150,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.datasets import build_dataset
     from .engine.evaluate import evaluate, format_table, write_report
     from .inference import InferenceSettings, resolve_device
-    from .weights.model_file import load_model
+    from .runs import load_model
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
     dataset = build_dataset(args.dataset, args.root, args.split).select(include=args.include, exclude=args.exclude)
-    overrides: dict[str, object] = {
-        "mode": args.mode,
-        "crop_size": args.crop,
-        "stride_rate": args.stride_rate,
-        "scales": args.scales,
-        "flip": args.flip or None,
-        "precision": args.precision,
-    }
-    meta = model.meta
-    if meta.get("dataset") != dataset.info.name:  # trained elsewhere: the data set's own protocol sizes
-        info = dataset.info
-        meta = {"inference": {"crop_size": list(info.crop_size), "base_size": info.base_size}}
+    card, info = model.card, dataset.info
+    # the model card's protocol sizes when it was made for this data set, else the data set's own
+    made_here = card is not None and card.dataset == info.name
+    crop, base = (card.crop_size, card.base_size) if made_here else (info.crop_size, info.base_size)
     if args.base_size is not None:  # the flag wins; "native" keeps each image's size
-        base_size = None if args.base_size == "native" else args.base_size
-        meta = {"inference": {**(meta.get("inference") or {}), "base_size": base_size}}
+        base = None if args.base_size == "native" else args.base_size
+    options = {"mode": args.mode, "stride_rate": args.stride_rate, "flip": args.flip or None, "precision": args.precision}
     try:
-        settings = InferenceSettings.from_meta(meta, **overrides, max_pixels=args.max_pixels)
+        settings = InferenceSettings(
+            crop_size=tuple(args.crop or crop),
+            base_size=base,
+            scales=tuple(args.scales or (1.0,)),
+            max_pixels=args.max_pixels,
+            **{key: value for key, value in options.items() if value is not None},
+        )
     except ValueError as error:  # sizes beyond --max-pixels, scales that round to nothing
         print(f"error: inference settings: {error}", file=sys.stderr)
         return 2
@@ -211,7 +208,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import load_train_config
+    from .engine.config import load_train_config
     from .engine import distributed
     from .engine.train import NonFiniteLossError, train
 
@@ -560,7 +557,7 @@ def _add_debug_flag(parser: argparse.ArgumentParser, *, top: bool) -> None:
                 _add_debug_flag(sub, top=False)
 
 
-def one_line(error: BaseException) -> str:
+def one_line(error: BaseException | str) -> str:
     """The message of ``error`` as one line. An error raised in a DataLoader worker process reaches the main
     process with the worker's whole traceback in its message ("Caught DataError in DataLoader worker process 1.
     Original Traceback ..."): only the original message, its last line, is kept."""
@@ -574,6 +571,19 @@ def one_line(error: BaseException) -> str:
                 last = last[len(prefix) :]
         text = last
     return " ".join(text.split()) or type(error).__name__
+
+
+# The command-line flag of each library argument an InputError can name (see pspnet.errors.InputError).
+_FLAGS = {"source": "--from", "dataset": "--dataset", "resume": "--resume", "out": "--out", "overrides": "--set"}
+
+
+def _as_flags(error: InputError) -> InputError | str:
+    """The error's message with the library argument it names shown as the flag it was given as."""
+    flag = _FLAGS.get(error.argument or "")
+    if flag is None:
+        return error
+    separator = "" if error.detail.startswith(":") else " "
+    return f"{flag}{separator}{error.detail}"
 
 
 def _os_error(error: OSError) -> str:
@@ -613,10 +623,10 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
             raise
         print("error: interrupted", file=sys.stderr)
         return 130
-    except (CheckpointError, ConversionError, ConfigError, DataError) as error:
+    except InputError as error:  # a bad file, config or argument
         if debug:
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(_as_flags(error))}", file=sys.stderr)
         return 1
     except OSError as error:  # an --out that cannot be made or written, a disk that fills up, ...
         if debug:

@@ -24,16 +24,16 @@ import numpy as np
 import torch
 
 from .atomic import atomic_open
-from .config import TrainConfig, load_train_config
 from .data.datasets import build_dataset
 from .data.io import write_image_png
 from .data.synthetic import CONTEXT_PAIRS, class_table, write_synthetic_dataset
+from .engine.config import TrainConfig, load_train_config
 from .engine.evaluate import evaluate, format_table, write_report
 from .engine.train import train
 from .inference import InferenceSettings
+from .runs import load_model
 from .segmenter import Segmenter
 from .visualize import colorize, overlay, with_legend
-from .weights.model_file import load_model
 
 __all__ = ["DEMO_CONFIG", "demo_config", "run_demo"]
 
@@ -85,7 +85,7 @@ def demo_config(root: Path, **overrides: Any) -> TrainConfig:
 def _prepare(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise FileExistsError(f"{out} is not empty; pass --force to replace the demo there, or choose --out")
+            raise FileExistsError(f"{out} is not empty; replace the demo there with force=True (--force), or choose another folder")
         unknown = sorted(p.name for p in out.iterdir() if p.name not in _DEMO_OUTPUTS)
         if unknown:
             raise FileExistsError(
@@ -223,7 +223,7 @@ def run_demo(
     print(f"context pairs (same local look, class decided by the scene): {CONTEXT_PAIRS}")
     variants = {"": config}
     if ablation:
-        variants["_no_ppm"] = replace(config, ppm=False)
+        variants["_no_ppm"] = replace(config, model=replace(config.model, ppm=False))
     reports: dict[str, dict[str, Any]] = {}
     models = {}
     val = build_dataset("folder", data_root, "val")

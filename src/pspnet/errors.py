@@ -5,18 +5,34 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-__all__ = ["CheckpointError", "ConversionError", "DataError", "TrainingStopped"]
+__all__ = ["CheckpointError", "ConfigError", "ConversionError", "DataError", "InputError", "TrainingStopped"]
 
 
-class CheckpointError(ValueError):
+class InputError(ValueError):
+    """Something a user gave cannot be used. ``argument``, when set, names the function argument at fault: the
+    message then starts with it (``source 'x': choose one of ...``), and the command line shows the flag that
+    argument was given as instead (``--from 'x': ...``)."""
+
+    def __init__(self, message: str, *, argument: str | None = None):
+        self.argument = argument
+        self.detail = message
+        separator = "" if message.startswith(":") else " "
+        super().__init__(f"{argument}{separator}{message}" if argument else message)
+
+
+class ConfigError(InputError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+class CheckpointError(InputError):
     """A model or backbone file cannot be used: missing, unreadable, corrupted, or of the wrong kind."""
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """A foreign checkpoint cannot be converted: unsafe to unpickle, unknown or missing keys, wrong shapes."""
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data set file or layout is unusable: missing, unreadable, mismatched; the message names the file."""
 
 

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .models.card import ModelCard
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MODES",
@@ -127,17 +129,14 @@ class InferenceSettings:
                 )
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], **overrides: Any) -> InferenceSettings:
-        """Settings from a model file's ``inference`` metadata (crop and base size); ``overrides`` win.
+    def from_card(cls, card: ModelCard | None, **overrides: Any) -> InferenceSettings:
+        """Settings with a model card's crop and base size (the defaults without a card); ``overrides`` win.
 
         Overrides whose value is None are ignored, so command-line defaults can be passed through as they are.
         """
-        inference = meta.get("inference") or {}
         fields: dict[str, Any] = {}
-        if "crop_size" in inference:
-            fields["crop_size"] = tuple(int(v) for v in inference["crop_size"])
-        if inference.get("base_size"):
-            fields["base_size"] = int(inference["base_size"])
+        if card is not None:
+            fields.update(crop_size=tuple(card.crop_size), base_size=card.base_size)
         fields.update({k: v for k, v in overrides.items() if v is not None})
         for key in ("crop_size", "scales"):
             if key in fields:

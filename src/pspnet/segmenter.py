@@ -19,14 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from .data.classes import default_palette
 from .data.io import read_image, to_rgb8
 from .errors import DataError
 from .inference import (
@@ -37,8 +35,10 @@ from .inference import (
     normalize,
     resolve_device,
 )
+from .models.card import ModelCard
 from .models.pspnet import PSPNet
-from .weights.model_file import load_model, normalization
+from .runs import load_model
+from .weights.model_file import make_card
 
 __all__ = ["ImageInput", "Segmenter", "as_rgb_array", "size_batches"]
 
@@ -103,29 +103,27 @@ def size_batches(shapes: Sequence[tuple[int, ...]], max_batch: int) -> list[list
 class Segmenter:
     """A model in eval mode on its device, with the inference settings and the class names and colours it predicts.
 
-    Build it with :meth:`from_checkpoint`, or from a loaded model: ``Segmenter(model, settings)``; without
-    ``settings`` they come from the model's metadata (crop and base size) with the defaults of
-    :class:`~pspnet.inference.InferenceSettings` otherwise. ``max_batch`` caps how many images of one size go
-    through the network at once in :meth:`predict_batch`.
+    Build it with :meth:`from_checkpoint`, or from a model: ``Segmenter(model, settings)``. The classes, colours
+    and normalisation come from ``model.card`` (for a model without a card, :func:`~pspnet.weights.make_card`'s
+    defaults: ``class_0..``, the default palette, ImageNet normalisation); without ``settings``, the card's crop and
+    base size with the defaults of :class:`~pspnet.inference.InferenceSettings` otherwise. ``max_batch`` caps how
+    many images of one size go through the network at once in :meth:`predict_batch`.
     """
 
     def __init__(self, model: PSPNet, settings: InferenceSettings | None = None, *, max_batch: int = 4):
         if max_batch < 1:
             raise ValueError(f"max batch must be positive, got {max_batch}")
         self.model = model.eval()
-        self.meta: dict[str, Any] = dict(getattr(model, "meta", None) or {})
-        self.settings = settings if settings is not None else InferenceSettings.from_meta(self.meta)
+        self.settings = settings if settings is not None else InferenceSettings.from_card(model.card)
+        self.card: ModelCard = model.card if model.card is not None else make_card(model.config)
         self.max_batch = max_batch
         parameter = next(model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
         # inputs go in in the model's dtype: float32, float64 in numerical tests
         self.dtype = parameter.dtype if parameter is not None else torch.float32
-        self.mean, self.std = normalization(self.meta)
-        k = int(model.num_classes)
-        self.classes: list[str] = list(self.meta.get("classes") or [f"class_{i}" for i in range(k)])
-        self.palette: list[tuple[int, int, int]] = [
-            tuple(int(v) for v in colour) for colour in (self.meta.get("palette") or default_palette(k))
-        ]
+        self.mean, self.std = self.card.mean, self.card.std
+        self.classes: list[str] = list(self.card.classes)
+        self.palette: list[tuple[int, int, int]] = list(self.card.palette)
 
     @classmethod
     def from_checkpoint(
@@ -145,7 +143,7 @@ class Segmenter:
         ``device``: "auto" (CUDA, then Apple MPS, then CPU) or a torch device name. ``precision``: "fp32", "bf16"
         or "fp16" (autocast). ``mode``: "whole", "slide" or "auto" (sliding windows when a side exceeds the
         checkpoint's crop after resizing the long side to its base size). ``scales`` and ``flip``: multi-scale and
-        flip averaging of the official test protocol. Crop and base size come from the checkpoint's metadata.
+        flip averaging of the official test protocol. Crop and base size come from the checkpoint's model card.
         ``max_pixels``: the most pixels of any image inference makes (:data:`pspnet.inference.DEFAULT_MAX_PIXELS`,
         16.8 MP); a photo above it is refused with a ``ValueError``, and settings that could exceed it (a base size
         at the largest scale, as a square; the file's own crop or base size included) are refused here with a
@@ -153,8 +151,8 @@ class Segmenter:
         """
         model = load_model(path, device=resolve_device(device))
         try:
-            settings = InferenceSettings.from_meta(
-                model.meta,
+            settings = InferenceSettings.from_card(
+                model.card,
                 precision=precision,
                 mode=mode,
                 scales=tuple(float(s) for s in scales),

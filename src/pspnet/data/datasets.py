@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import load_yaml, shown, yaml_problem
+from ..parsing import load_yaml, shown, yaml_problem
 from ..errors import DataError
 from .classes import DATASETS, DatasetInfo, default_palette
 from .io import orientation_words, read_image_and_orientation, read_mask

@@ -29,8 +29,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from ..engine.losses import IGNORE_INDEX
-from ..weights.model_file import IMAGENET_MEAN
+from ..constants import IGNORE_INDEX, IMAGENET_MEAN
 
 __all__ = [
     "Compose",

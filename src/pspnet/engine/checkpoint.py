@@ -24,14 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import is_int, is_number
 from ..errors import CheckpointError
+from ..models.card import ModelCard
+from ..parsing import is_int, is_number, metadata_error
 from ..weights.model_file import (
     FORMAT_VERSION,
     check_state_dict,
-    metadata_error,
     read_weights_file,
-    run_checkpoints,
     save_model,
     validate_model_file,
     write_weights_file,
@@ -43,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "repair_run_dir",
     "rng_state",
+    "run_checkpoints",
     "save_checkpoint",
     "train_state_from_meta",
 ]
@@ -74,6 +74,16 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
     return tensors
 
 
+def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(N, run_dir/ckpt_N)`` for every checkpoint directory of a training run, sorted by N."""
+    found = []
+    for path in run_dir.glob("ckpt_*"):
+        match = re.fullmatch(r"ckpt_(\d+)", path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
 def rng_state() -> dict[str, torch.Tensor]:
     """This process's random state: the CPU generator and, when CUDA is in use, its current device's."""
     state = {"torch": torch.get_rng_state()}
@@ -86,7 +96,7 @@ def save_checkpoint(
     run_dir: Path,
     *,
     model: nn.Module,
-    meta: dict[str, Any],
+    card: ModelCard,
     optimizer: torch.optim.Optimizer,
     state: TrainState,
     config: dict[str, Any],
@@ -102,7 +112,7 @@ def save_checkpoint(
     tmp = run_dir / f".ckpt_{state.iteration}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, tmp / "model.safetensors", meta=meta)  # type: ignore[arg-type]
+    save_model(model, tmp / "model.safetensors", card=card)  # type: ignore[arg-type]
     info = {
         "kind": "train_state",
         "format_version": FORMAT_VERSION,
@@ -295,10 +305,10 @@ def load_checkpoint(
     """
     model_path, state_path = checkpoint / "model.safetensors", checkpoint / "state.safetensors"
     weights, meta = read_weights_file(model_path)
-    config, weights = validate_model_file(model_path, weights, meta)
+    card, weights = validate_model_file(model_path, weights, meta)
     check_state_dict(model_path, weights, model.state_dict())  # names keys and shapes (a changed model config)
     tensors, info = read_weights_file(state_path)
-    state, run_config = train_state_from_meta(state_path, info, num_classes=config.num_classes)
+    state, run_config = train_state_from_meta(state_path, info, num_classes=card.num_classes)
     buffers = _optimizer_buffers(state_path, tensors, optimizer)
     rng = _rng_tensors(state_path, tensors, rank)
 

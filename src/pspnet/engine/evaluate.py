@@ -24,7 +24,7 @@ from ..data.io import write_mask_png
 from ..errors import DataError
 from ..inference import InferenceSettings, check_image_size, infer_proba, normalize
 from ..models.pspnet import PSPNet
-from ..weights.model_file import normalization
+from ..weights.model_file import make_card
 from .distributed import all_reduce_sum, rank_and_world
 from .metrics import BoundaryIoU, ConfusionMatrix, metrics_report
 
@@ -62,7 +62,8 @@ def evaluate(
             f"the model predicts {model.num_classes} classes but data set {info.name!r} at {dataset.root} has "
             f"{info.num_classes}"
         )
-    mean, std = normalization(model.meta)
+    card = model.card if model.card is not None else make_card(model.config)  # ImageNet normalisation by default
+    mean, std = card.mean, card.std
     dtype = next(model.parameters()).dtype  # inputs in the model's dtype (float32; float64 in numerical tests)
     device = torch.device(device)
     model.eval()

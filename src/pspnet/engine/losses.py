@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..constants import IGNORE_INDEX
+
 __all__ = [
     "AUX_WEIGHT",
-    "IGNORE_INDEX",
     "cross_entropy",
     "label_weight_sum",
     "loss_sum",
@@ -20,7 +21,6 @@ __all__ = [
 ]
 
 AUX_WEIGHT = 0.4  # Zhao et al. 2017, section 4.1: the auxiliary loss is weighted 0.4
-IGNORE_INDEX = 255
 
 
 def cross_entropy(logits: Tensor, target: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:

@@ -45,15 +45,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..atomic import atomic_open
-from ..config import ConfigError, TrainConfig
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.datasets import SegmentationDataset, build_dataset, collate
 from ..data.io import read_mask
 from ..data.transforms import paper_train_transform
-from ..errors import DataError, TrainingStopped
+from ..errors import ConfigError, DataError, TrainingStopped
 from ..inference import InferenceSettings, normalize, resolve_device
 from ..models.pspnet import PSPNet, build_model
-from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, make_meta
+from ..weights.model_file import load_backbone_weights, make_card
 from . import distributed
+from .config import TrainConfig
 from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, rng_state, save_checkpoint
 from .losses import label_weight_sum, loss_sum, median_frequency_weights
 
@@ -228,12 +229,15 @@ def _resolve_resume(resume: str | Path, out: Path) -> Path | None:
         logged = _logged_checkpoints(path)
         if logged:
             raise ConfigError(
-                f"--resume {resume}: {path / 'log.jsonl'} records checkpoints up to ckpt_{max(logged)} but {path} has "
-                f"none; put them back to continue, or train into another --out to start again"
+                f"{resume}: {path / 'log.jsonl'} records checkpoints up to ckpt_{max(logged)} but {path} has "
+                f"none; put them back to continue, or train into another run directory to start again",
+                argument="resume",
             )
         if path.resolve() == out.resolve():  # killed before its first checkpoint: start from the beginning
             return None
-    raise ConfigError(f"--resume {resume}: no checkpoint there (expected RUN_DIR with ckpt_N/ or a ckpt_N/ directory)")
+    raise ConfigError(
+        f"{resume}: no checkpoint there (expected RUN_DIR with ckpt_N/ or a ckpt_N/ directory)", argument="resume"
+    )
 
 
 def _keep_log_aside(path: Path) -> Path:
@@ -335,7 +339,9 @@ def _train(
     if resume is not None and dist.is_main and out.is_dir():
         repair_run_dir(out)
     if checkpoint is None and out.exists() and latest_checkpoint(out) is not None:  # every process refuses alike
-        raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+        raise ConfigError(
+            f"{out} already holds checkpoints; resume it to continue, or choose another run directory", argument="out"
+        )
 
     augment = paper_train_transform(
         crop_size=tuple(config.crop_size),
@@ -366,18 +372,11 @@ def _train(
         raise ConfigError(f"the training split has {len(train_set)} images, fewer than batch_size {config.batch_size}")
     total = config.iterations if config.iterations is not None else config.epochs * steps_per_epoch  # type: ignore
 
+    if config.model.num_classes not in (None, info.num_classes):
+        raise ConfigError(f"num_classes {config.model.num_classes} differs from the data set's {info.num_classes}")
     model = build_model(config.model_config(info.num_classes))
-    meta = make_meta(
-        model.config,
-        classes=list(info.classes),
-        palette=[list(c) for c in info.palette],
-        ignore_index=info.ignore_index,
-        crop_size=info.crop_size,  # the data set's inference protocol (CamVid: the whole 360x480 image)
-        base_size=info.base_size,
-        source={"from": "pspnet train", "run": str(out)},
-    )
-    meta["dataset"] = info.name
-    model.meta = meta
+    # the data set's names, colours and inference protocol (CamVid: the whole 360x480 image)
+    model.card = make_card(model.config, dataset=info, source={"from": "pspnet train", "run": str(out)})
     if config.backbone_init and checkpoint is None:
         load_backbone_weights(model.backbone, config.backbone_init)
     model.to(device)
@@ -460,7 +459,7 @@ def _train(
             path = save_checkpoint(
                 out,
                 model=model,
-                meta=meta,
+                card=model.card,
                 optimizer=optimizer,
                 state=state,
                 config=config.to_dict(),
@@ -558,8 +557,8 @@ def _train(
                     log.write({"iteration": iteration, "event": "non-finite loss", "loss": str(loss_value)})
                 raise NonFiniteLossError(
                     f"the loss became {loss_value} at iteration {iteration}; stopped without saving it. Last good "
-                    f"checkpoint: {last_good or 'none (no checkpoint was written yet)'}; resume from it with "
-                    f"--resume after lowering lr or switching precision"
+                    f"checkpoint: {last_good or 'none (no checkpoint was written yet)'}; resume from it after lowering "
+                    f"lr or switching precision"
                 )
             scaler.step(optimizer)
             scaler.update()

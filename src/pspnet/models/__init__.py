@@ -1,13 +1,17 @@
-"""PSPNet and its parts: dilated ResNet backbone, pyramid pooling module, heads."""
+"""PSPNet and its parts: dilated ResNet backbone, pyramid pooling module, heads; its config and model card."""
 
 from .heads import FCNHead, PSPHead
 from .ppm import PyramidPoolingModule, adaptive_avg_pool2d, pool_pyramid
-from .pspnet import MODELS, PSPNet, build_model, pspnet
+from .card import ModelCard
+from .config import ModelConfig
+from .pspnet import MODELS, PSPNet, build_model
 from .resnet import ResNet, stage_plan
 
 __all__ = [
     "MODELS",
     "FCNHead",
+    "ModelCard",
+    "ModelConfig",
     "PSPHead",
     "PSPNet",
     "PyramidPoolingModule",
@@ -15,6 +19,5 @@ __all__ = [
     "adaptive_avg_pool2d",
     "build_model",
     "pool_pyramid",
-    "pspnet",
     "stage_plan",
 ]

@@ -1,4 +1,9 @@
-"""PSPNet = dilated ResNet + pyramid pooling head (+ auxiliary FCN head in training); the one MODELS table."""
+"""PSPNet = dilated ResNet + pyramid pooling head (+ auxiliary FCN head in training).
+
+Three ways to build one, each for its caller: ``PSPNet(num_classes=..., depth=..., ...)`` with typed keywords (code
+that knows what it wants), ``build_model(config)`` from a :class:`ModelConfig` (model files, training runs), and
+``MODELS[name](num_classes=...)`` by name (the command line). ``pspnet.load_model`` loads a trained one.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig, check_model_config
+from .card import ModelCard
+from .config import ModelConfig, check_model_config
 from .heads import FCNHead, PSPHead
 from .resnet import ResNet
 
-__all__ = ["MODELS", "PSPNet", "build_model", "pspnet"]
+__all__ = ["MODELS", "PSPNet", "build_model"]
 
 
 class PSPNet(nn.Module):
@@ -26,7 +32,7 @@ class PSPNet(nn.Module):
     - training mode with ``aux=True``: returns ``(logits, aux_logits)``, both ``(N, num_classes, H, W)``;
       the auxiliary head reads layer3 and is weighted 0.4 in the loss (see :mod:`pspnet.engine.losses`).
 
-    The arguments are the fields of :class:`pspnet.config.ModelConfig`; the defaults are the official PSPNet50.
+    The arguments are the fields of :class:`pspnet.models.config.ModelConfig`; the defaults are the official PSPNet50.
     ``align_corners=True`` is the official code's bilinear upsampling; mmsegmentation uses False.
     """
 
@@ -75,12 +81,17 @@ class PSPNet(nn.Module):
             ppm=ppm,
         )
         self.aux_head = FCNHead(channels[2], num_classes, channels=aux_channels, dropout=dropout) if aux else None
-        # Filled by pspnet.load_model from the checkpoint's metadata (classes, palette, normalisation, ...).
-        self.meta: dict[str, Any] = {}
+        # Set by pspnet.load_model from the model file (classes, palette, normalisation, ...), and by training.
+        self.card: ModelCard | None = None
 
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The model card as the plain dict a model file stores (``{}`` without a card); read-only, a copy."""
+        return self.card.to_dict() if self.card is not None else {}
 
     def _upsample(self, logits: Tensor, size: Sequence[int]) -> Tensor:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
@@ -95,37 +106,10 @@ class PSPNet(nn.Module):
 
 
 def build_model(config: ModelConfig) -> PSPNet:
-    """Build a randomly initialised PSPNet from its configuration."""
+    """A randomly initialised PSPNet from a :class:`ModelConfig` (a model file's, a training run's)."""
     return PSPNet(**dataclasses.asdict(config))
 
 
-def pspnet(
-    *,
-    depth: int,
-    num_classes: int,
-    stem: str = "deep",
-    output_stride: int = 8,
-    aux: bool = True,
-    head_channels: int = 512,
-    aux_channels: int = 256,
-) -> PSPNet:
-    """Official-style PSPNet of the given depth (deep stem, uncontracted dilation, align_corners=True)."""
-    return PSPNet(
-        num_classes=num_classes,
-        depth=depth,
-        stem=stem,
-        output_stride=output_stride,
-        aux=aux,
-        head_channels=head_channels,
-        aux_channels=aux_channels,
-    )
-
-
-# The one table of model names. Each entry takes keyword arguments (num_classes=..., output_stride=..., ...).
-MODELS: dict[str, Callable[..., PSPNet]] = {
-    "pspnet18": partial(pspnet, depth=18),
-    "pspnet34": partial(pspnet, depth=34),
-    "pspnet50": partial(pspnet, depth=50),
-    "pspnet101": partial(pspnet, depth=101),
-    "pspnet152": partial(pspnet, depth=152),
-}
+# The models by name, for code that picks one by a string (``pspnet info``): ``MODELS["pspnet101"](num_classes=19)``
+# is the official PSPNet101 (deep stem, output stride 8, aux head); every keyword of PSPNet may be passed.
+MODELS: dict[str, Callable[..., PSPNet]] = {f"pspnet{depth}": partial(PSPNet, depth=depth) for depth in (18, 34, 50, 101, 152)}

@@ -29,12 +29,12 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from ..data.classes import DATASETS, dataset_for_classes
 from ..errors import ConversionError
 from ..models.pspnet import build_model
 from ..models.resnet import STAGE_BLOCKS, STEMS, ResNet
-from .model_file import FORMAT_VERSION, make_meta, write_weights_file
+from .model_file import FORMAT_VERSION, make_card, write_model_file, write_weights_file
 
 __all__ = ["SOURCES", "ConversionReport", "convert", "load_foreign_state_dict", "rename_keys"]
 
@@ -251,7 +251,7 @@ def _strict_match(
             )
             if items
         ]
-        raise ConversionError(f"{path}: cannot convert as --from {source}: " + "; ".join(parts))
+        raise ConversionError(f"{path}: cannot convert as {source}: " + "; ".join(parts))
     out = {}
     for key, reference in expected.items():
         value = renamed.get(key)
@@ -276,11 +276,11 @@ def convert(
     (``report.dataset_inferred``). ImageNet sources become backbone files.
     """
     if source not in SOURCES:
-        raise ConversionError(f"--from {source!r}: choose one of {sorted(SOURCES)}")
+        raise ConversionError(f"{source!r}: choose one of {sorted(SOURCES)}", argument="source")
     if dataset is not None and dataset not in DATASETS:
-        raise ConversionError(f"--dataset {dataset!r}: choose one of {sorted(DATASETS)}")
+        raise ConversionError(f"{dataset!r}: choose one of {sorted(DATASETS)}", argument="dataset")
     if dataset is not None and source in BACKBONE_SOURCES:
-        raise ConversionError("--dataset applies to full models, not to ImageNet backbone files")
+        raise ConversionError("applies to full models, not to ImageNet backbone files", argument="dataset")
     src, dst = Path(src), Path(dst)
     raw = load_foreign_state_dict(src)
     mapping, unmatched = rename_keys(list(raw), SOURCES[source])
@@ -295,7 +295,7 @@ def convert(
     except ConversionError as error:
         if unmatched:  # most likely the wrong --from: say which keys it did not recognise
             raise ConversionError(
-                f"{src}: cannot convert as --from {source}: {_listing('unknown key(s)', sorted(unmatched))} ({error})"
+                f"{src}: cannot convert as {source}: {_listing('unknown key(s)', sorted(unmatched))} ({error})"
             ) from None
         raise
 
@@ -321,12 +321,12 @@ def convert(
             dataset, inferred = match.name, True
     elif DATASETS[dataset].num_classes != config.num_classes:
         raise ConversionError(
-            f"--dataset {dataset}: has {DATASETS[dataset].num_classes} classes, but {src} has a classifier for "
-            f"{config.num_classes}"
+            f"{dataset}: has {DATASETS[dataset].num_classes} classes, but {src} has a classifier for "
+            f"{config.num_classes}",
+            argument="dataset",
         )
     with torch.device("meta"):
         expected = build_model(config).state_dict()
     tensors = _strict_match(src, source, raw, mapping, unmatched, expected)
-    meta = make_meta(config, dataset=dataset, source=provenance)
-    write_weights_file(dst, tensors, meta)
+    write_model_file(dst, tensors, make_card(config, dataset=dataset, source=provenance))
     return ConversionReport(dst, "model", source, len(mapping), [], config.to_dict(), dataset, inferred)

@@ -1,14 +1,15 @@
 """pspnet model files: one safetensors file with versioned JSON metadata; atomic writes; checked reads.
 
 A model file holds the full state dict of a :class:`~pspnet.models.pspnet.PSPNet` and, under the safetensors
-metadata key ``"pspnet"``, a JSON object (``kind: "model"``, ``format_version: 1``) with the model config, class
-names, palette, ignore index, normalisation (RGB mean/std in [0, 255]), the inference crop and base size, where
-the weights came from, and a SHA-256 of the tensors so that corruption is detected on load. Every metadata field
-and every tensor (shape, dtype, finiteness) is checked on load by :func:`validate_model_file`, and before writing
-by :func:`save_model`; docs/model_files.md lists the allowed values.
+metadata key ``"pspnet"``, a JSON object: the envelope (``kind: "model"``, ``format_version: 1``, a SHA-256 of the
+tensors so that corruption is detected on load) and the model card (:class:`~pspnet.models.card.ModelCard`: the
+model config, class names, palette, ignore index, normalisation, the inference crop and base size, where the weights
+came from). Every metadata field and every tensor (shape, dtype, finiteness) is checked on load by
+:func:`validate_model_file`, and before writing by :func:`save_model`; docs/model_files.md lists the allowed values.
 
 A backbone file (``kind: "backbone"``) holds ImageNet weights of a :class:`~pspnet.models.resnet.ResNet` for
-training initialisation; it is not a model and :func:`load_model` refuses it.
+training initialisation; it is not a model and :func:`load_model_file` refuses it. This module reads and writes
+files only; what a training run directory holds is :mod:`pspnet.engine.checkpoint`'s business.
 
 Nothing here unpickles anything: PyTorch ``.pth`` files are refused with a pointer to ``pspnet convert``.
 """
@@ -28,73 +29,50 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from .. import __version__
 from ..atomic import atomic_open
-from ..config import (
-    MAX_CLASSES,
-    ConfigError,
-    ModelConfig,
-    check_model_config,
-    config_from_dict,
-    is_int,
-    is_number,
-    shown,
-)
-from ..data.classes import DATASETS, default_palette
+from ..constants import IMAGENET_MEAN, IMAGENET_STD, MAX_CLASSES, __version__
+from ..data.classes import DATASETS, DatasetInfo, default_palette
 from ..errors import CheckpointError
+from ..models.card import CARD_KEYS, ModelCard
+from ..models.config import ModelConfig
 from ..models.pspnet import PSPNet, build_model
 from ..models.resnet import ResNet
+from ..parsing import check_keys, is_int, is_rgb, metadata_error, shown
 
 __all__ = [
+    "ENVELOPE_KEYS",
     "FORMAT_VERSION",
-    "MAX_SIDE",
-    "MODEL_FILE_KEYS",
     "WEIGHT_DTYPES",
     "check_state_dict",
     "check_tensors",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "load_backbone_weights",
-    "load_model",
-    "make_meta",
-    "metadata_error",
-    "normalization",
+    "load_model_file",
+    "make_card",
+    "model_metadata",
     "read_weights_file",
-    "resolve_model_path",
     "save_model",
     "tensors_sha256",
     "validate_model_file",
+    "write_model_file",
     "write_weights_file",
 ]
 
 FORMAT_VERSION = 1
 METADATA_KEY = "pspnet"
-# ImageNet statistics on RGB in [0, 255], as in the official code.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 _PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".bin", ".tar", ".ckpt"}
 _CONVERT_HINT = "convert it with 'pspnet convert --from official|mmseg SRC DST.safetensors'"
 KINDS = ("model", "backbone", "train_state")
 # Floating tensors may be stored in these dtypes; they are cast to the model's float32 on load. Integer buffers
 # (BatchNorm's num_batches_tracked) are int64, as PyTorch keeps them.
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Largest crop or base size (pixels per side) a model file may ask for; the pixels an image may be resized to are
-# capped separately at inference.
-MAX_SIDE = 65535
+# The metadata keys of every pspnet file, whatever its kind; a model file adds those of its card (CARD_KEYS).
+ENVELOPE_KEYS = ("kind", "format_version", "tensors_sha256")
 
 
-def normalization(meta: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per RGB channel on the 0-255 scale from a model file's metadata; ImageNet's when it has none."""
-    stored = meta.get("normalization") or {}
-    mean = tuple(float(v) for v in stored.get("mean", IMAGENET_MEAN))
-    std = tuple(float(v) for v in stored.get("std", IMAGENET_STD))
-    return mean, std
-
-
-def make_meta(
+def make_card(
     config: ModelConfig,
     *,
-    dataset: str | None = None,
+    dataset: str | DatasetInfo | None = None,
     classes: Sequence[str] | None = None,
     palette: Sequence[Sequence[int]] | None = None,
     ignore_index: int | None = None,
@@ -103,47 +81,46 @@ def make_meta(
     crop_size: tuple[int, int] | None = None,
     base_size: int | None = None,
     source: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Metadata of a model file. ``dataset`` (a key of ``DATASETS``) fills classes, palette, crop and base size.
+) -> ModelCard:
+    """The model card of a model of ``config``, checked (:meth:`ModelCard.from_dict`'s rules).
 
-    Without a data set, classes are named ``class_0..`` and coloured by :func:`default_palette`, and inference
-    uses the paper's ADE20K/VOC settings (crop 473, base size 512). The ignore index defaults to the data set's,
-    else 255, or 65535 for more than 255 classes (it must be no class id). Explicit arguments win.
+    ``dataset`` (a key of ``DATASETS``, or the :class:`DatasetInfo` of a folder data set) fills the name, classes,
+    palette, ignore index, crop and base size. Without a data set, classes are named ``class_0..`` and coloured by
+    :func:`default_palette`, and inference uses the paper's ADE20K/VOC settings (crop 473, base size 512). The ignore
+    index defaults to the data set's, else 255, or 65535 for more than 255 classes (it must be no class id).
+    Explicit arguments win. A ``ValueError`` names an argument that does not fit the model.
     """
     info = None
-    if dataset is not None:
+    if isinstance(dataset, DatasetInfo):
+        info = dataset
+    elif dataset is not None:
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
         info = DATASETS[dataset]
-        if info.num_classes != config.num_classes:
-            raise ValueError(
-                f"dataset {dataset!r} has {info.num_classes} classes but the model has {config.num_classes}"
-            )
+    if info is not None and info.num_classes != config.num_classes:
+        raise ValueError(f"dataset {info.name!r} has {info.num_classes} classes but the model has {config.num_classes}")
     k = config.num_classes
     names = list(classes) if classes is not None else list(info.classes) if info else [f"class_{i}" for i in range(k)]
     colors = [list(c) for c in (palette if palette is not None else info.palette if info else default_palette(k))]
     if len(names) != k or len(colors) != k:
         raise ValueError(f"the model has {k} classes but got {len(names)} class names and {len(colors)} colours")
-    if any(len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors):
+    if not all(is_rgb(c) for c in colors):
         raise ValueError("palette colours must be three integers in [0, 255]")
     if ignore_index is None:
         ignore_index = info.ignore_index if info else 255 if k <= 255 else MAX_CLASSES
-    return {
-        "kind": "model",
-        "format_version": FORMAT_VERSION,
-        "pspnet_version": __version__,
-        "model": config.to_dict(),
-        "dataset": dataset,
-        "classes": names,
-        "palette": colors,
-        "ignore_index": int(ignore_index),
-        "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        "inference": {
-            "crop_size": list(crop_size or (info.crop_size if info else (473, 473))),
-            "base_size": int(base_size or (info.base_size if info else 512)),
-        },
-        "source": dict(source) if source else None,
-    }
+    card = ModelCard(
+        config=config,
+        classes=tuple(names),
+        palette=tuple((c[0], c[1], c[2]) for c in colors),
+        ignore_index=int(ignore_index),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        crop_size=tuple(crop_size or (info.crop_size if info else (473, 473))),  # type: ignore[arg-type]
+        base_size=int(base_size or (info.base_size if info else 512)),
+        dataset=info.name if info else None,
+        source=dict(source) if source else None,
+    )
+    return card.checked("model card")
 
 
 def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
@@ -197,19 +174,30 @@ def write_weights_file(path: str | os.PathLike[str], tensors: Mapping[str, Tenso
     return _write(path, tensors, meta)
 
 
-def save_model(model: PSPNet, path: str | os.PathLike[str], *, meta: Mapping[str, Any] | None = None) -> Path:
-    """Save ``model`` as a model file. ``meta`` defaults to ``model.meta``, else :func:`make_meta` of its config.
+def save_model(model: PSPNet, path: str | os.PathLike[str], *, card: ModelCard | None = None) -> Path:
+    """Save ``model`` as a model file. ``card`` defaults to ``model.card``, else :func:`make_card` of its config.
 
-    The ``model`` entry of the metadata is always the model's own config. The file is checked with
-    :func:`validate_model_file` before it is written: a file :func:`load_model` would refuse (non-finite weights,
-    float64 weights, metadata out of range) is not written (CheckpointError; an existing file is kept).
+    The card's ``config`` is always the model's own. The file is checked with :func:`validate_model_file` before it
+    is written: a file :func:`load_model_file` would refuse (non-finite weights, float64 weights, a card out of
+    range) is not written (CheckpointError; an existing file is kept).
     """
+    card = card or model.card or make_card(model.config)
+    return write_model_file(path, model.state_dict(), dataclasses.replace(card, config=model.config))
+
+
+def model_metadata(card: ModelCard) -> dict[str, Any]:
+    """The metadata of a model file with ``card``: the envelope (kind, format version) and the card's entries; the
+    tensors' checksum is added when the file is written (:func:`write_weights_file`, :func:`write_model_file`)."""
+    return {"kind": "model", "format_version": FORMAT_VERSION, **card.to_dict()}
+
+
+def write_model_file(path: str | os.PathLike[str], tensors: Mapping[str, Tensor], card: ModelCard) -> Path:
+    """Write ``tensors`` (a full PSPNet state dict) with ``card`` as a model file, atomically, after checking both
+    with :func:`validate_model_file`: what :func:`load_model_file` would refuse is not written (CheckpointError
+    ending in "not written"; an existing file is kept)."""
     path = Path(path)
-    meta = dict(meta or model.meta or make_meta(model.config))
-    meta["model"] = model.config.to_dict()
-    meta["kind"] = "model"
-    meta["format_version"] = FORMAT_VERSION
-    tensors = _cpu_tensors(model.state_dict())
+    tensors = _cpu_tensors(tensors)
+    meta = model_metadata(card)
     meta["tensors_sha256"] = tensors_sha256(tensors)
     try:
         validate_model_file(path, tensors, meta)
@@ -278,35 +266,6 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
     return tensors, meta
 
 
-def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """``(N, run_dir/ckpt_N)`` for every checkpoint directory of a training run, sorted by N."""
-    found = []
-    for path in run_dir.glob("ckpt_*"):
-        match = re.fullmatch(r"ckpt_(\d+)", path.name)
-        if match and path.is_dir():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def resolve_model_path(path: str | os.PathLike[str]) -> Path:
-    """A model file, or for a training run directory its ``best/``, else its latest ``ckpt_N/`` model file."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    best = path / "best" / "model.safetensors"
-    if best.is_file():
-        return best
-    numbered = [d / "model.safetensors" for _, d in run_checkpoints(path) if (d / "model.safetensors").is_file()]
-    if numbered:
-        return numbered[-1]
-    if (path / "model.safetensors").is_file():
-        return path / "model.safetensors"
-    raise CheckpointError(
-        f"{path}: a directory with no model file (looked for best/model.safetensors, ckpt_N/model.safetensors "
-        "and model.safetensors)"
-    )
-
-
 def check_state_dict(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
     """Raise a CheckpointError naming ``path`` and every unknown, missing or mis-shaped key."""
     unknown = sorted(set(tensors) - set(expected))
@@ -329,24 +288,6 @@ _NOT_PSPNETS = (
     "the file was not written by pspnet, or was rewritten by another tool; write it again with pspnet.save_model "
     "or 'pspnet convert' (docs/model_files.md shows how)"
 )
-
-
-def metadata_error(path: Path, key: str, rule: str, value: Any) -> CheckpointError:
-    """``PATH: metadata KEY must be RULE, got VALUE``: the one shape of a bad metadata field's message."""
-    return CheckpointError(f"{path}: metadata {key} must be {rule}, got {shown(value)}")
-
-
-def _check_keys(path: Path, key: str, value: Any, keys: Sequence[str]) -> None:
-    """``value`` (the metadata entry ``key``, or with ``key=""`` the metadata) is an object with exactly ``keys``."""
-    if not isinstance(value, dict):
-        raise metadata_error(path, key, f"an object with the keys {', '.join(keys)}", value)
-    unknown, missing = sorted(set(value) - set(keys)), [k for k in keys if k not in value]
-    if unknown or missing:
-        raise CheckpointError(
-            f"{path}: metadata{' ' + key if key else ''} must have exactly the keys {', '.join(keys)}"
-            + (f"; unknown: {', '.join(map(repr, unknown))}" if unknown else "")
-            + (f"; missing: {', '.join(missing)}" if missing else "")
-        )
 
 
 def _check_envelope(path: Path, meta: Mapping[str, Any]) -> None:
@@ -376,110 +317,6 @@ def _check_envelope(path: Path, meta: Mapping[str, Any]) -> None:
         )
 
 
-def _model_config(path: Path, value: Any) -> ModelConfig:
-    """The ``model`` entry: the fields of ModelConfig (those with a default may be left out), in range."""
-    names = [f.name for f in dataclasses.fields(ModelConfig)]
-    if not isinstance(value, dict):
-        raise metadata_error(path, "model", "an object with the fields of pspnet.ModelConfig", value)
-    unknown = sorted(set(value) - set(names))
-    if unknown:
-        raise CheckpointError(
-            f"{path}: metadata model has unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(names)}"
-        )
-    if "num_classes" not in value:
-        raise CheckpointError(f"{path}: metadata model.num_classes is missing")
-    try:
-        check_model_config(ModelConfig(**value), str(path), prefix="metadata model.")  # types and ranges
-        return config_from_dict(ModelConfig, value)
-    except ConfigError as error:
-        raise CheckpointError(str(error)) from None
-
-
-def _check_pspnet_version(path: Path, value: Any, config: ModelConfig) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise metadata_error(path, "pspnet_version", "a non-empty string", value)
-
-
-def _check_dataset(path: Path, value: Any, config: ModelConfig) -> None:
-    # A name only: a built-in data set's or a folder data set's (its classes.yaml 'name'); never cross-checked.
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise metadata_error(path, "dataset", "null or a data set's name (a non-empty string)", value)
-
-
-def _check_classes(path: Path, value: Any, config: ModelConfig) -> None:
-    k = config.num_classes
-    if not isinstance(value, list) or len(value) != k:
-        raise metadata_error(path, "classes", f"a list of {k} names (one per output, model.num_classes)", value)
-    seen: dict[str, int] = {}
-    for i, name in enumerate(value):
-        if not isinstance(name, str) or not name.strip():
-            raise metadata_error(path, f"classes[{i}]", "a non-empty string", name)
-        if name in seen:
-            raise metadata_error(path, f"classes[{i}]", f"unique (classes[{seen[name]}] has the same name)", name)
-        seen[name] = i
-
-
-def _check_palette(path: Path, value: Any, config: ModelConfig) -> None:
-    k = config.num_classes
-    if not isinstance(value, list) or len(value) != k:
-        raise metadata_error(path, "palette", f"a list of {k} colours (one per class, model.num_classes)", value)
-    for i, colour in enumerate(value):
-        if not isinstance(colour, list) or len(colour) != 3 or not all(is_int(v) and 0 <= v <= 255 for v in colour):
-            raise metadata_error(path, f"palette[{i}]", "[r, g, b] with integers in [0, 255]", colour)
-
-
-def _check_ignore_index(path: Path, value: Any, config: ModelConfig) -> None:
-    k = config.num_classes
-    if not is_int(value) or not k <= value <= MAX_CLASSES:
-        rule = f"an integer in [{k}, {MAX_CLASSES}] (no class id; fits a 16-bit mask)"
-        raise metadata_error(path, "ignore_index", rule, value)
-
-
-def _check_normalization(path: Path, value: Any, config: ModelConfig) -> None:
-    _check_keys(path, "normalization", value, ("mean", "std"))
-    for key, allowed, rule in (
-        ("mean", lambda v: is_number(v) and 0 <= v <= 255, "a number in [0, 255]"),
-        ("std", lambda v: is_number(v) and v > 0, "a positive finite number"),
-    ):
-        values = value[key]
-        if not isinstance(values, list) or len(values) != 3:
-            raise metadata_error(path, f"normalization.{key}", "a list of 3 numbers (R, G, B; 0-255 scale)", values)
-        for i, v in enumerate(values):
-            if not allowed(v):
-                raise metadata_error(path, f"normalization.{key}[{i}]", rule, v)
-
-
-def _check_inference(path: Path, value: Any, config: ModelConfig) -> None:
-    _check_keys(path, "inference", value, ("crop_size", "base_size"))
-    crop = value["crop_size"]
-    if not isinstance(crop, list) or len(crop) != 2:
-        raise metadata_error(path, "inference.crop_size", "[height, width]", crop)
-    for i, side in enumerate(crop):
-        if not is_int(side) or not 1 <= side <= MAX_SIDE:
-            raise metadata_error(path, f"inference.crop_size[{i}]", f"an integer in [1, {MAX_SIDE}]", side)
-    if not is_int(value["base_size"]) or not 1 <= value["base_size"] <= MAX_SIDE:
-        raise metadata_error(path, "inference.base_size", f"an integer in [1, {MAX_SIDE}]", value["base_size"])
-
-
-def _check_source(path: Path, value: Any, config: ModelConfig) -> None:
-    if value is not None and not isinstance(value, dict):
-        raise metadata_error(path, "source", "null or an object (where the weights came from)", value)
-
-
-# The fields of a model file after kind, format_version, tensors_sha256 and model, each with its check.
-_MODEL_FIELDS: dict[str, Callable[[Path, Any, ModelConfig], None]] = {
-    "pspnet_version": _check_pspnet_version,
-    "dataset": _check_dataset,
-    "classes": _check_classes,
-    "palette": _check_palette,
-    "ignore_index": _check_ignore_index,
-    "normalization": _check_normalization,
-    "inference": _check_inference,
-    "source": _check_source,
-}
-MODEL_FILE_KEYS = ("kind", "format_version", "tensors_sha256", "model", *_MODEL_FIELDS)
-
-
 def check_tensors(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Check ``tensors`` against ``expected`` (a module's state dict, on any device, "meta" included) and return
     them in the expected dtypes. Raises a CheckpointError naming ``path`` and the first key at fault.
@@ -506,17 +343,17 @@ def check_tensors(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[s
 
 def validate_model_file(
     path: str | os.PathLike[str], tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
-) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Check a model file's metadata and tensors; return its model config and its tensors in the model's dtypes.
+) -> tuple[ModelCard, dict[str, Tensor]]:
+    """Check a model file's metadata and tensors; return its model card and its tensors in the model's dtypes.
 
     The checks, in order, each raising a :class:`CheckpointError` that names ``path`` and the field or tensor:
 
     1. ``kind`` is ``"model"`` (backbone and training-state files are refused with a pointer to what they are);
        ``format_version`` an integer in [1, FORMAT_VERSION]; ``tensors_sha256`` 64 lowercase hex digits;
-    2. the metadata has exactly the keys of ``MODEL_FILE_KEYS``;
-    3. ``model``: the fields of ModelConfig, in the ranges of :func:`pspnet.config.check_model_config`;
-    4. each entry of ``_MODEL_FIELDS`` (class names, palette, ignore index, normalisation, inference sizes, ...);
-    5. the tensors: those of the model the config describes, shapes, dtypes, finite (:func:`check_tensors`).
+    2. the rest is a model card: :meth:`pspnet.models.card.ModelCard.from_dict` (exactly the keys of
+       ``ENVELOPE_KEYS`` and ``CARD_KEYS``, the model config in range, class names, palette, ignore index,
+       normalisation, inference sizes, ...);
+    3. the tensors: those of the model the card describes, shapes, dtypes, finite (:func:`check_tensors`).
 
     docs/model_files.md lists the allowed values. The checksum itself is compared in :func:`read_weights_file`.
     """
@@ -531,30 +368,29 @@ def validate_model_file(
             "use it to initialise training, or make a full model with 'pspnet convert --from official|mmseg'"
         )
     _check_envelope(path, meta)
-    _check_keys(path, "", meta, MODEL_FILE_KEYS)
-    config = _model_config(path, meta["model"])
-    for key, check in _MODEL_FIELDS.items():
-        check(path, meta[key], config)
+    card = ModelCard.from_dict(meta, path, other_keys=ENVELOPE_KEYS)
     with torch.device("meta"):  # shapes and dtypes only, no memory
-        expected = build_model(config).state_dict()
-    return config, check_tensors(path, tensors, expected)
+        expected = build_model(card.config).state_dict()
+    return card, check_tensors(path, tensors, expected)
 
 
-def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> PSPNet:
-    """Load a model file (or a run directory, see :func:`resolve_model_path`) and return it in eval mode.
+def load_model_file(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> PSPNet:
+    """Load a model file and return the model in eval mode, its card in ``model.card``.
 
     The file is checked by :func:`read_weights_file` (readable, checksum) and :func:`validate_model_file` (every
-    metadata field, every tensor's shape, dtype and finiteness); float16/bfloat16 weights become float32.
-    ``model.meta`` holds the file's metadata (classes, palette, normalisation, inference settings, ...).
+    card field, every tensor's shape, dtype and finiteness); float16/bfloat16 weights become float32. A training
+    run directory is resolved to its model file one layer up, by :func:`pspnet.runs.load_model`.
     """
-    path = resolve_model_path(path)
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, not a model file (pspnet.load_model also reads run directories)")
     tensors, meta = read_weights_file(path)
-    config, tensors = validate_model_file(path, tensors, meta)
+    card, tensors = validate_model_file(path, tensors, meta)
     with torch.device("meta"):  # no random initialisation: every tensor comes from the file
-        model = build_model(config)
+        model = build_model(card.config)
     model.load_state_dict(tensors, strict=True, assign=True)
     model.to(device).eval()
-    model.meta = meta
+    model.card = card
     return model
 
 

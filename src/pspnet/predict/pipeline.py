@@ -56,14 +56,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .atomic import atomic_open, temporary_beside
-from .data.classes import DATASETS
-from .data.datasets import IMAGE_SUFFIXES
-from .data.io import open_regular, write_image_png, write_mask_png
-from .errors import DataError
-from .inference import check_image_size
-from .segmenter import Segmenter, as_rgb_array
-from .visualize import colorize, overlay, with_legend
+from ..atomic import atomic_open, temporary_beside
+from ..data.classes import DATASETS
+from ..data.datasets import IMAGE_SUFFIXES
+from ..data.io import open_regular, write_image_png, write_mask_png
+from ..errors import DataError
+from ..inference import check_image_size
+from ..segmenter import Segmenter, as_rgb_array
+from ..visualize import colorize, overlay, with_legend
 
 __all__ = [
     "VIDEO_SUFFIXES",

@@ -1,0 +1,34 @@
+"""``pspnet predict``: segment files, folders, globs and videos with a :class:`~pspnet.segmenter.Segmenter`.
+
+:mod:`~pspnet.predict.pipeline` holds the whole command for now.
+"""
+
+from __future__ import annotations
+
+from .pipeline import (
+    VIDEO_SUFFIXES,
+    Failure,
+    InputItem,
+    PredictReport,
+    UnsafeOutputs,
+    csv_cell,
+    expand_inputs,
+    load_palette,
+    output_names,
+    plan_outputs,
+    predict_inputs,
+)
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "Failure",
+    "InputItem",
+    "PredictReport",
+    "UnsafeOutputs",
+    "csv_cell",
+    "expand_inputs",
+    "load_palette",
+    "output_names",
+    "plan_outputs",
+    "predict_inputs",
+]

@@ -5,14 +5,11 @@
 
 from __future__ import annotations
 
+from .inputs import VIDEO_SUFFIXES, Failure, InputItem, expand_inputs
 from .pipeline import (
-    VIDEO_SUFFIXES,
-    Failure,
-    InputItem,
     PredictReport,
     UnsafeOutputs,
     csv_cell,
-    expand_inputs,
     load_palette,
     output_names,
     plan_outputs,

@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 from .inputs import VIDEO_SUFFIXES, Failure, InputItem, expand_inputs
+from .palette_file import load_palette
 from .pipeline import (
     PredictReport,
     UnsafeOutputs,
     csv_cell,
-    load_palette,
     output_names,
     plan_outputs,
     predict_inputs,

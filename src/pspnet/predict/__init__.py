@@ -10,11 +10,11 @@ from .palette_file import load_palette
 from .pipeline import (
     PredictReport,
     UnsafeOutputs,
-    csv_cell,
     output_names,
     plan_outputs,
     predict_inputs,
 )
+from .table import csv_cell
 
 __all__ = [
     "VIDEO_SUFFIXES",

@@ -37,13 +37,11 @@ written in every case. KeyboardInterrupt and SystemExit still stop the run.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +58,11 @@ from ..inference import check_image_size
 from ..segmenter import Segmenter, as_rgb_array
 from ..visualize import colorize, overlay, with_legend
 from .inputs import Failure, InputItem, expand_inputs
+from .table import CSV_NAME, csv_writer, pixel_counts, table_header, table_row
 
 __all__ = [
     "PredictReport",
     "UnsafeOutputs",
-    "csv_cell",
     "output_names",
     "plan_outputs",
     "predict_inputs",
@@ -72,9 +70,6 @@ __all__ = [
 
 # OpenCV codecs per container: mp4v (MPEG-4 part 2) is what OpenCV's own builds write without extra libraries.
 _FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
-CSV_NAME = "predictions.csv"
-# Characters that make a spreadsheet cell a formula (OWASP's list for CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class UnsafeOutputs(ValueError):
@@ -212,19 +207,6 @@ def _write_labels(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int
         _atomic(path, lambda stream: image.save(stream, format="PNG"))
 
 
-def _shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixel count per class, (K,) int64."""
-    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes].astype(np.int64)
-
-
-def csv_cell(value: object) -> object:
-    """A CSV cell that spreadsheets show as text: strings starting with ``=``, ``+``, ``-``, ``@``, tab or carriage
-    return (a formula to Excel, LibreOffice and Google Sheets) get a leading ``'``; other values are unchanged."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 @dataclass
 class _Outputs:
     out: Path
@@ -289,9 +271,8 @@ class _Run:
         self.bar.write(f"error: {message}", file=sys.stderr)
 
     def _row(self, item: InputItem, height: int, width: int, frames: int, counts: np.ndarray) -> list[object]:
-        total = max(int(counts.sum()), 1)
         output = next(iter(self.outputs.names(item).values()))
-        return [str(item.source), output, height, width, frames, *(f"{c / total:.6f}" for c in counts)]
+        return table_row(item.source, output, height, width, frames, counts)
 
     def _retotal(self, change: int) -> None:
         if change and self.bar.total is not None:
@@ -328,7 +309,7 @@ class _Run:
             return
         k = self.segmenter.num_classes
         for n, (index, item, image) in enumerate(chunk):
-            self.rows[index] = self._row(item, *labels[n].shape, 1, _shares(labels[n], k))
+            self.rows[index] = self._row(item, *labels[n].shape, 1, pixel_counts(labels[n], k))
             self.report.images += 1
             proba_n = saved[n] if saved is not None else None
             future = self.pool.submit(self.outputs.write_image, item, image, labels[n], proba_n)
@@ -435,7 +416,7 @@ class _Run:
                         )
                 labels = self.segmenter.labels(self.segmenter.infer(chunk))
                 for image, frame_labels in zip(chunk, labels):
-                    counts += _shares(frame_labels, self.segmenter.num_classes)
+                    counts += pixel_counts(frame_labels, self.segmenter.num_classes)
                     blend = overlay(image, colorize(frame_labels, self.outputs.palette), alpha=self.outputs.alpha)
                     writer.write(np.ascontiguousarray(blend[:, :, ::-1]))  # RGB -> BGR
                 if frames + len(chunk) > expected:
@@ -488,21 +469,6 @@ def _frame_count(path: Path) -> int:
     finally:
         capture.release()
     return max(count, 1)
-
-
-def _rows_csv(header: list[str], rows: Iterator[list[object]]) -> Callable[[IO[bytes]], None]:
-    """A writer of ``predictions.csv``: UTF-8, formula-like cells neutralised (:func:`csv_cell`)."""
-
-    def write(stream: IO[bytes]) -> None:
-        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")  # type: ignore[arg-type]
-        writer = csv.writer(text)
-        writer.writerow([csv_cell(cell) for cell in header])
-        for row in rows:
-            writer.writerow([csv_cell(cell) for cell in row])
-        text.flush()
-        text.detach()
-
-    return write
 
 
 def predict_inputs(
@@ -573,7 +539,7 @@ def predict_inputs(
         bar.close()
     report = run.report
     report.csv_path = out / CSV_NAME
-    header = ["input", "output", "height", "width", "frames", *segmenter.classes]
-    _atomic(report.csv_path, _rows_csv(header, (run.rows[index] for index in sorted(run.rows))))
+    header = table_header(segmenter.classes)
+    _atomic(report.csv_path, csv_writer(header, (run.rows[index] for index in sorted(run.rows))))
     report.seconds = time.perf_counter() - started
     return report

@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 from .inputs import VIDEO_SUFFIXES, Failure, InputItem, expand_inputs
+from .outputs import UnsafeOutputs, output_names, plan_outputs
 from .palette_file import load_palette
 from .pipeline import (
     PredictReport,
-    UnsafeOutputs,
-    output_names,
-    plan_outputs,
     predict_inputs,
 )
 from .table import csv_cell

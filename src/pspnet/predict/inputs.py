@@ -3,7 +3,7 @@
 Outputs mirror each input's path relative to its folder or glob base (a single file: its name), under ``out``.
 The mirrored name never leaves ``out``: it is the normalised relative path with every ``..`` and ``.`` part and
 any root dropped (``'*/../../data/x.png'`` gives ``data/x``), and before any work every output's folder, symlinks
-resolved, must lie inside ``out``.
+resolved, must lie inside ``out`` (:func:`pspnet.predict.outputs.plan_outputs`).
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ def expand_inputs(
     contribute images (``IMAGE_SUFFIXES``) and videos (``VIDEO_SUFFIXES``), hidden files left out. Files under
     ``exclude`` (the output folder) are never inputs. Names are mirrored as the module docstring says (never
     ``..`` or absolute). When two inputs would get the same output name (``a.jpg`` and ``a.png``), each keeps its
-    suffix in the name (``a_jpg``, ``a_png``); a clash that remains is left to :func:`plan_outputs`, which also
-    sees every input file it must not overwrite.
+    suffix in the name (``a_jpg``, ``a_png``); a clash that remains is left to
+    :func:`~pspnet.predict.outputs.plan_outputs`, which also sees every input file it must not overwrite.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Path, str]] = []

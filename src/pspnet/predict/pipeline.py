@@ -41,39 +41,31 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from ..atomic import atomic_open, temporary_beside
-from ..data.io import open_regular, write_image_png, write_mask_png
+from ..atomic import temporary_beside
+from ..data.io import open_regular
 from ..errors import DataError
 from ..inference import check_image_size
 from ..segmenter import Segmenter, as_rgb_array
-from ..visualize import colorize, overlay, with_legend
+from ..visualize import colorize, overlay
 from .inputs import Failure, InputItem, expand_inputs
+from .outputs import OutputWriter, plan_outputs, write_atomic
 from .table import CSV_NAME, csv_writer, pixel_counts, table_header, table_row
 
 __all__ = [
     "PredictReport",
-    "UnsafeOutputs",
-    "output_names",
-    "plan_outputs",
     "predict_inputs",
 ]
 
 # OpenCV codecs per container: mp4v (MPEG-4 part 2) is what OpenCV's own builds write without extra libraries.
 _FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
-
-
-class UnsafeOutputs(ValueError):
-    """The planned outputs would overwrite an input file or be written outside ``out``: nothing is done."""
 
 
 @dataclass
@@ -90,145 +82,6 @@ class PredictReport:
     @property
     def ok(self) -> bool:
         return not self.failures
-
-
-# -- the outputs of a run, decided before any work ------------------------------------------------------------
-
-
-def output_names(item: InputItem, *, overlay: bool, save_proba: bool) -> dict[str, str]:
-    """The files an input writes, relative to ``out`` (posix), by kind: ``labels``, ``color``, ``overlay`` and
-    ``proba`` for an image (the last two with their options), ``video`` for a video. The one naming rule."""
-    if item.video:
-        return {"video": f"{item.name}_overlay{item.source.suffix.lower()}"}
-    names = {"labels": f"{item.name}.png", "color": f"{item.name}_color.png"}
-    if overlay:
-        names["overlay"] = f"{item.name}_overlay.png"
-    if save_proba:
-        names["proba"] = f"{item.name}_proba.npy"
-    return names
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file ``path`` names, symlinks followed; None when there is none."""
-    try:
-        info = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return info.st_dev, info.st_ino
-
-
-def _folder_key(folder: Path, cache: dict[Path, Path]) -> Path:
-    """``folder`` with symlinks resolved (as far as it exists), cached: outputs share few folders."""
-    if folder not in cache:
-        cache[folder] = folder.resolve()
-    return cache[folder]
-
-
-def _check_name(item: InputItem) -> None:
-    """Refuse an output name that is empty, absolute or has ``..`` or ``.`` parts (an InputItem built by hand)."""
-    if any(part in ("", ".", "..") for part in item.name.split("/")):  # empty, absolute, "x/./a", "../a"
-        raise UnsafeOutputs(f"{item.source}: output name {item.name!r} is not a plain relative path")
-
-
-def plan_outputs(
-    items: Sequence[InputItem], out: str | os.PathLike, *, overlay: bool, save_proba: bool
-) -> tuple[list[InputItem], list[Failure]]:
-    """Check every output path of a run before any work: ``(items to predict, failures)``.
-
-    Raises :class:`UnsafeOutputs` naming both paths when an output (``predictions.csv`` included) is the same file
-    as an input (symlinks and hard links included), or its folder, symlinks resolved, lies outside ``out``; and
-    for a hand-made item whose name is not a plain relative path. An item with an output path (compared
-    case-insensitively, symlinked folders resolved) that an earlier item or ``predictions.csv`` already has is a
-    failure naming both inputs and the path, and is left out.
-    """
-    out = Path(out)
-    root = out.resolve()
-    inputs: dict[tuple[int, int], Path] = {}
-    for item in items:
-        identity = _identity(item.source)
-        if identity is not None:
-            inputs.setdefault(identity, item.source)
-    folders: dict[Path, Path] = {}
-
-    def checked(relative: str) -> str:
-        """The output's case-insensitive key (its resolved path), after refusing an escape or an input."""
-        path = out / relative
-        folder = _folder_key(path.parent, folders)
-        if folder != root and root not in folder.parents:
-            raise UnsafeOutputs(
-                f"output {path} would be written in {folder}, outside --out {out} (a symlinked folder or a name "
-                "that leaves it); choose another --out"
-            )
-        identity = _identity(path)
-        if identity is not None and identity in inputs:
-            raise UnsafeOutputs(
-                f"output {path} is the input {inputs[identity]}: predicting would overwrite it; choose an --out "
-                "outside the input folders"
-            )
-        return str(folder / path.name).lower()
-
-    taken: dict[str, str] = {checked(CSV_NAME): "the run's class shares"}
-    kept: list[InputItem] = []
-    failures: list[Failure] = []
-    for item in items:
-        _check_name(item)
-        names = output_names(item, overlay=overlay, save_proba=save_proba)
-        keys = {kind: checked(relative) for kind, relative in names.items()}
-        clash = next((kind for kind, key in keys.items() if key in taken), None)
-        if clash is not None:
-            failures.append(
-                Failure(
-                    str(item.source),
-                    f"{item.source}: its output {out / names[clash]} is already an output of "
-                    f"{taken[keys[clash]]}; predict it into another --out",
-                )
-            )
-            continue
-        for key in keys.values():
-            taken[key] = str(item.source)
-        kept.append(item)
-    return kept, failures
-
-
-# -- writing -----------------------------------------------------------------------------------------------------
-
-
-def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in its folder and a rename: never a half-written output."""
-    with atomic_open(path, "wb") as handle:
-        write(handle)
-
-
-def _write_labels(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
-    if labels.dtype == np.uint8:
-        write_mask_png(path, labels, palette)
-    else:  # above 256 classes: a 16-bit grey PNG (a palette holds at most 256 colours)
-        image = Image.fromarray(labels.astype(np.uint16))
-        _atomic(path, lambda stream: image.save(stream, format="PNG"))
-
-
-@dataclass
-class _Outputs:
-    out: Path
-    classes: list[str]
-    palette: list[tuple[int, int, int]]
-    overlay: bool
-    alpha: float
-    save_proba: bool
-
-    def names(self, item: InputItem) -> dict[str, str]:
-        return output_names(item, overlay=self.overlay, save_proba=self.save_proba)
-
-    def write_image(self, item: InputItem, image: np.ndarray, labels: np.ndarray, proba: np.ndarray | None) -> None:
-        names = self.names(item)
-        _write_labels(self.out / names["labels"], labels, self.palette)
-        color = colorize(labels, self.palette)
-        write_image_png(self.out / names["color"], color)
-        if self.overlay:
-            blend = overlay(image, color, alpha=self.alpha)
-            write_image_png(self.out / names["overlay"], with_legend(blend, labels, self.classes, self.palette))
-        if proba is not None:
-            _atomic(self.out / names["proba"], lambda stream: np.save(stream, proba))
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------------
@@ -254,7 +107,7 @@ def _not_regular(path: Path) -> str | None:
 
 
 class _Run:
-    def __init__(self, segmenter: Segmenter, outputs: _Outputs, *, batch: int, workers: int, bar: tqdm):
+    def __init__(self, segmenter: Segmenter, outputs: OutputWriter, *, batch: int, workers: int, bar: tqdm):
         self.segmenter = segmenter
         self.outputs = outputs
         self.batch = batch
@@ -515,7 +368,7 @@ def predict_inputs(
     items, clashes = plan_outputs(items, out, overlay=overlay, save_proba=save_proba)  # before any write
     failures += clashes
     out.mkdir(parents=True, exist_ok=True)
-    outputs = _Outputs(out, segmenter.classes, colours, overlay, alpha, save_proba)  # type: ignore[arg-type]
+    outputs = OutputWriter(out, segmenter.classes, colours, overlay, alpha, save_proba)  # type: ignore[arg-type]
     # The progress bar counts images and video frames, so that its ETA holds for videos too.
     frame_counts = {index: _frame_count(item.source) for index, item in enumerate(items) if item.video}
     total = len(items) - len(frame_counts) + sum(frame_counts.values())
@@ -540,6 +393,6 @@ def predict_inputs(
     report = run.report
     report.csv_path = out / CSV_NAME
     header = table_header(segmenter.classes)
-    _atomic(report.csv_path, csv_writer(header, (run.rows[index] for index in sorted(run.rows))))
+    write_atomic(report.csv_path, csv_writer(header, (run.rows[index] for index in sorted(run.rows))))
     report.seconds = time.perf_counter() - started
     return report

@@ -50,7 +50,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import temporary_beside
-from ..data.io import open_regular
 from ..errors import DataError
 from ..inference import check_image_size
 from ..segmenter import Segmenter, as_rgb_array
@@ -58,14 +57,12 @@ from ..visualize import colorize, overlay
 from .inputs import Failure, InputItem, expand_inputs
 from .outputs import OutputWriter, plan_outputs, write_atomic
 from .table import CSV_NAME, csv_writer, pixel_counts, table_header, table_row
+from .videos import FOURCC, frame_count, not_regular
 
 __all__ = [
     "PredictReport",
     "predict_inputs",
 ]
-
-# OpenCV codecs per container: mp4v (MPEG-4 part 2) is what OpenCV's own builds write without extra libraries.
-_FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 
 
 @dataclass
@@ -94,16 +91,6 @@ def _message(source: Path, error: BaseException) -> str:
     if not isinstance(error, (ValueError, OSError)) and lines:
         text = f"{type(error).__name__}: {text}"
     return text if str(source) in text else f"{source}: {text}"
-
-
-def _not_regular(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a video file (missing, a folder, a FIFO...), or None for a regular file:
-    :func:`pspnet.data.io.open_regular`'s check, made before OpenCV opens it (OpenCV would block on a FIFO)."""
-    try:
-        with open_regular(path, "video"):
-            return None
-    except DataError as error:
-        return str(error)
 
 
 class _Run:
@@ -215,7 +202,7 @@ class _Run:
         the container announces them), corrected as frames are decoded."""
         import cv2
 
-        problem = _not_regular(item.source)  # OpenCV would block on a FIFO
+        problem = not_regular(item.source)  # OpenCV would block on a FIFO
         if problem is not None:
             self.fail(item.source, problem)
             self.bar.update(expected)
@@ -257,10 +244,10 @@ class _Run:
                 upcoming = self.pool.submit(read_chunk)  # decode the next frames while these are predicted
                 if size is None:
                     size = chunk[0].shape
-                    fourcc = cv2.VideoWriter_fourcc(*_FOURCC[suffix])
+                    fourcc = cv2.VideoWriter_fourcc(*FOURCC[suffix])
                     writer = cv2.VideoWriter(temporary, fourcc, fps, (size[1], size[0]))
                     if not writer.isOpened():
-                        raise OSError(f"OpenCV cannot write a {suffix} video with codec {_FOURCC[suffix]}")
+                        raise OSError(f"OpenCV cannot write a {suffix} video with codec {FOURCC[suffix]}")
                 for n, image in enumerate(chunk):
                     if image.shape != size:
                         raise DataError(
@@ -302,26 +289,6 @@ class _Run:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-
-
-def _frame_count(path: Path) -> int:
-    """The frame count a video's container announces (at least 1; 1 when it cannot be opened or is no regular
-    file, which OpenCV would wait on forever)."""
-    import cv2
-
-    if _not_regular(path) is not None:
-        return 1
-    try:
-        capture = cv2.VideoCapture(str(path))
-    except Exception:  # noqa: BLE001 - the video step reports the file
-        return 1
-    try:
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
-    except (ValueError, OverflowError):  # a NaN or infinite count
-        count = 0
-    finally:
-        capture.release()
-    return max(count, 1)
 
 
 def predict_inputs(
@@ -370,7 +337,7 @@ def predict_inputs(
     out.mkdir(parents=True, exist_ok=True)
     outputs = OutputWriter(out, segmenter.classes, colours, overlay, alpha, save_proba)  # type: ignore[arg-type]
     # The progress bar counts images and video frames, so that its ETA holds for videos too.
-    frame_counts = {index: _frame_count(item.source) for index, item in enumerate(items) if item.video}
+    frame_counts = {index: frame_count(item.source) for index, item in enumerate(items) if item.video}
     total = len(items) - len(frame_counts) + sum(frame_counts.values())
     bar = tqdm(total=total, desc="predict", unit="img", disable=not progress, file=sys.stderr)
     run = _Run(segmenter, outputs, batch=batch, workers=workers, bar=bar)

@@ -1,27 +1,4 @@
-"""``pspnet predict``: segment files, folders, globs and videos with a :class:`~pspnet.segmenter.Segmenter`.
-
-Outputs mirror each input's path relative to its folder or glob base (a single file: its name), under ``out``.
-The mirrored name never leaves ``out``: it is the normalised relative path with every ``..`` and ``.`` part and
-any root dropped (``'*/../../data/x.png'`` gives ``data/x``), and before any work every output's folder, symlinks
-resolved, must lie inside ``out``. For NAME:
-
-- ``NAME.png``: palette PNG of class ids (viewers show colours, :func:`pspnet.data.io.read_mask` gives the ids;
-  a 16-bit grey PNG above 256 classes, which no palette can hold);
-- ``NAME_color.png``: the colour map; with ``overlay`` ``NAME_overlay.png``: the colours blended over the photo with
-  a legend of the classes present; with ``save_proba`` ``NAME_proba.npy``: float16 ``(K, H, W)`` probabilities;
-- a video ``NAME.mp4|.avi|.mov`` gives ``NAME_overlay.mp4|.avi|.mov``, every frame blended with its colours;
-- ``predictions.csv``: one row per image (and per video, over all its frames) with each class's pixel share. A
-  cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (a file named ``=HYPERLINK(..).png``)
-  gets a leading ``'`` so that spreadsheets show it as text instead of running it as a formula.
-
-Safety, all decided before the model runs (:func:`plan_outputs`):
-
-- an output path that is an input file (the same file, symlinks and hard links included), or whose folder lies
-  outside ``out``, refuses the whole run (:class:`UnsafeOutputs`; ``pspnet predict`` exits 2, nothing written);
-- two inputs whose stems clash (``a.jpg``, ``a.png``) keep their suffix in the name (``a_jpg``, ``a_png``);
-- any other two inputs whose outputs would share a path, compared case-insensitively (``x.png``'s colour map and
-  the labels of an input ``x_color.png``): the later input in input order is reported, naming the earlier one and
-  the path, and skipped; the earlier is predicted.
+"""The threaded image/video pipeline of ``pspnet predict``: :func:`predict_inputs` and :class:`PredictionRun`.
 
 Throughput: the model is loaded once; consecutive images of one size are batched; a small thread pool decodes
 the next images and encodes the finished ones while the network runs. Read-ahead and pending writes are bounded,
@@ -59,10 +36,7 @@ from .outputs import OutputWriter, plan_outputs, write_atomic
 from .table import CSV_NAME, csv_writer, pixel_counts, table_header, table_row
 from .videos import FOURCC, frame_count, not_regular
 
-__all__ = [
-    "PredictReport",
-    "predict_inputs",
-]
+__all__ = ["PredictReport", "PredictionRun", "predict_inputs"]
 
 
 @dataclass
@@ -81,9 +55,6 @@ class PredictReport:
         return not self.failures
 
 
-# -- the pipeline ------------------------------------------------------------------------------------------------
-
-
 def _message(source: Path, error: BaseException) -> str:
     """One line naming ``source`` for an error met on it; an unexpected kind of error also gives its class."""
     lines = [line for line in str(error).splitlines() if line.strip()]
@@ -93,7 +64,10 @@ def _message(source: Path, error: BaseException) -> str:
     return text if str(source) in text else f"{source}: {text}"
 
 
-class _Run:
+class PredictionRun:
+    """One run's thread pool, progress bar, report and CSV rows: predicts consecutive images (decoded ahead, batched
+    by size, written in the pool) and videos (frame by frame), reporting each failure by file and going on."""
+
     def __init__(self, segmenter: Segmenter, outputs: OutputWriter, *, batch: int, workers: int, bar: tqdm):
         self.segmenter = segmenter
         self.outputs = outputs
@@ -107,6 +81,7 @@ class _Run:
         self.max_pending_writes = 2 * batch + workers
 
     def fail(self, source: object, message: str) -> None:
+        """Record that ``source`` gave no output and print ``message`` on stderr, above the progress bar."""
         self.report.failures.append(Failure(str(source), message))
         self.bar.write(f"error: {message}", file=sys.stderr)
 
@@ -288,6 +263,7 @@ class _Run:
         self.report.frames += frames
 
     def close(self) -> None:
+        """Wait for the pool's pending reads and writes, then stop its threads."""
         self.pool.shutdown(wait=True)
 
 
@@ -304,14 +280,14 @@ def predict_inputs(
     workers: int = 2,
     progress: bool = True,
 ) -> PredictReport:
-    """Predict every input (paths, folders, globs, videos; see :func:`expand_inputs`) and write the outputs
-    described in the module docstring under ``out``. Returns the report; failures are printed on stderr as they
-    happen and listed in ``report.failures``.
+    """Predict every input (paths, folders, globs, videos; see :func:`~pspnet.predict.inputs.expand_inputs`) and
+    write the outputs described in :mod:`pspnet.predict.outputs` under ``out``. Returns the report; failures are
+    printed on stderr as they happen and listed in ``report.failures``.
 
     ``palette`` defaults to the segmenter's (the checkpoint's); ``batch`` (default: ``segmenter.max_batch``) is
     how many images of one size go through the network at once; ``workers`` threads decode and encode files.
-    Raises :class:`UnsafeOutputs` before anything is written when an output would overwrite an input or leave
-    ``out`` (:func:`plan_outputs`), ``ValueError`` for a bad argument.
+    Raises :class:`~pspnet.predict.outputs.UnsafeOutputs` before anything is written when an output would overwrite
+    an input or leave ``out`` (:func:`~pspnet.predict.outputs.plan_outputs`), ``ValueError`` for a bad argument.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -340,7 +316,7 @@ def predict_inputs(
     frame_counts = {index: frame_count(item.source) for index, item in enumerate(items) if item.video}
     total = len(items) - len(frame_counts) + sum(frame_counts.values())
     bar = tqdm(total=total, desc="predict", unit="img", disable=not progress, file=sys.stderr)
-    run = _Run(segmenter, outputs, batch=batch, workers=workers, bar=bar)
+    run = PredictionRun(segmenter, outputs, batch=batch, workers=workers, bar=bar)
     for failure in failures:
         run.fail(failure.source, failure.message)
     try:

@@ -246,17 +246,17 @@ def test_a_failing_forward_fails_only_its_image(checkpoint, tmp_path, monkeypatc
 
 
 def test_a_failing_write_fails_only_its_image(checkpoint, tmp_path, monkeypatch, capsys):
-    import pspnet.predict as predict
+    from pspnet.predict.outputs import OutputWriter
 
     _poisoned(tmp_path / "in")
-    write = predict._Outputs.write_image
+    write = OutputWriter.write_image
 
     def flaky(self, item, image, labels, proba):
         if item.name == "p1":
             raise KeyError("no such colour")
         return write(self, item, image, labels, proba)
 
-    monkeypatch.setattr(predict._Outputs, "write_image", flaky)
+    monkeypatch.setattr(OutputWriter, "write_image", flaky)
     out = tmp_path / "out"
     assert _predict(checkpoint, tmp_path / "in", "--out", out) == 1
     assert f"{tmp_path / 'in' / 'p1.png'}: cannot write its predictions" in capsys.readouterr().err

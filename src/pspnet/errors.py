@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
-__all__ = ["CheckpointError", "ConversionError", "DataError", "TrainingStopped"]
+__all__ = ["CheckpointError", "ConversionError", "DataError", "LayoutError", "TrainingStopped"]
 
 
 class CheckpointError(ValueError):
@@ -18,6 +19,15 @@ class ConversionError(ValueError):
 
 class DataError(ValueError):
     """A data set file or layout is unusable: missing, unreadable, mismatched; the message names the file."""
+
+
+class LayoutError(DataError):
+    """The folder layout is unusable: missing root, split folder, list file, classes file; names the path."""
+
+    def __init__(self, kind: str, path: str | os.PathLike, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.path = Path(path)
 
 
 class TrainingStopped(Exception):

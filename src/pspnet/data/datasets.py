@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from .io import orientation_words, read_image_and_orientation, read_mask
 __all__ = [
     "ADE20K",
     "DATASET_READERS",
+    "VOC",
     "CamVid",
     "Cityscapes",
     "FolderDataset",
@@ -46,7 +47,6 @@ __all__ = [
     "Problem",
     "Sample",
     "SegmentationDataset",
-    "VOC",
     "build_dataset",
     "collate",
     "find_voc2012",
@@ -102,7 +102,9 @@ def _root_folder(root: str | os.PathLike) -> Path:
     """``root`` as a Path when it is a folder, else a LayoutError naming it. An empty root is refused: Path("") is
     the current folder, so a config's ``root: ''`` read whatever data set the command happened to run in."""
     if os.fspath(root) == "":
-        raise LayoutError("missing_root", Path(), "the data set root is empty ('', the current folder); name its folder")
+        raise LayoutError(
+            "missing_root", Path(), "the data set root is empty ('', the current folder); name its folder"
+        )
     path = Path(root)
     if not path.is_dir():
         raise LayoutError("missing_root", path, f"{path}: data set root folder not found")
@@ -310,9 +312,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if loaded.label_problem is not None:
             raise DataError(f"{sample.mask}: {loaded.label_problem}")
         if loaded.mask is not None and loaded.mask.shape != loaded.image.shape[:2]:
-            raise DataError(
-                size_mismatch_detail(sample, loaded.image.shape[:2], loaded.mask.shape, loaded.orientation)
-            )
+            raise DataError(size_mismatch_detail(sample, loaded.image.shape[:2], loaded.mask.shape, loaded.orientation))
         return loaded.image, loaded.mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -365,9 +365,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 expected = mask_dir / f"{name}{mask_suffix}"
                 others = [p for p in expected.parent.glob(f"{Path(name).name}.*") if p.suffix.lower() != mask_suffix]
                 hint = f"; found {others[0].name}, but masks must be {mask_suffix} (lossless)" if others else ""
-                self.layout_problems.append(
-                    Problem("image_without_mask", (str(path),), f"no mask {expected}{hint}")
-                )
+                self.layout_problems.append(Problem("image_without_mask", (str(path),), f"no mask {expected}{hint}"))
             samples.append(Sample(path, mask, name))
         for name, mask in masks.items():
             if name not in images:
@@ -383,8 +381,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 def size_mismatch_detail(sample: Sample, image_hw: tuple[int, ...], mask_hw: tuple[int, ...], orientation: int) -> str:
     text = (
-        f"image {sample.image} is {image_hw[0]}x{image_hw[1]} (HxW) but mask {sample.mask} is "
-        f"{mask_hw[0]}x{mask_hw[1]}"
+        f"image {sample.image} is {image_hw[0]}x{image_hw[1]} (HxW) but mask {sample.mask} is {mask_hw[0]}x{mask_hw[1]}"
     )
     if orientation in (5, 6, 7, 8) and tuple(mask_hw) == (image_hw[1], image_hw[0]):
         text += (
@@ -407,7 +404,7 @@ class ADE20K(SegmentationDataset):
 
     info = DATASETS["ade20k"]
     SPLITS = ("train", "val")
-    FOLDERS = {"train": "training", "val": "validation"}
+    FOLDERS: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
 
     def _scan(self) -> list[Sample]:
         base = self.root / "ADEChallengeData2016"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pspnet.data.classes import DATASETS, default_palette
 from pspnet.data.datasets import (
@@ -86,6 +87,38 @@ def test_read_image_applies_exif_orientation(tmp_path):
     upright, orientation = read_image_and_orientation(tmp_path / "phone.jpg")
     assert orientation == 6 and upright.shape == (40, 20, 3)
     assert upright[:15].mean() > 200 and upright[25:].mean() < 50  # the white half is now on top
+
+
+# An eXIf chunk that is no TIFF structure: Pillow's getexif and exif_transpose raise SyntaxError on it.
+MALFORMED_EXIF = b"Exif\x00\x00garbage"
+
+
+def test_a_malformed_exif_block_is_ignored_with_a_warning_naming_the_file(tmp_path):
+    pixels = photo(seed=3, h=20, w=40)
+    path = save(tmp_path / "odd exif.png", pixels, exif=MALFORMED_EXIF)
+    with Image.open(path) as opened, pytest.raises(SyntaxError):
+        ImageOps.exif_transpose(opened)  # Pillow itself refuses the block
+    words = re.escape(f"{path}: malformed EXIF block") + r".*its orientation was ignored, the pixels are used as stored"
+    with pytest.warns(UserWarning, match=words):
+        image, orientation = read_image_and_orientation(path)
+    assert orientation == 1
+    np.testing.assert_array_equal(image, pixels)  # lossless PNG: exactly the stored pixels
+    with pytest.warns(UserWarning, match=re.escape(str(path))):
+        np.testing.assert_array_equal(read_image(path), pixels)
+
+
+def test_an_orientation_pillow_cannot_apply_is_ignored_with_a_warning_naming_the_file(tmp_path, monkeypatch):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save(tmp_path / "phone.png", photo(seed=4, h=20, w=40), exif=exif)
+
+    def refuse(image: Image.Image, **options: object) -> Image.Image:
+        raise ValueError("broken IFD")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", refuse)
+    with pytest.warns(UserWarning, match=re.escape(f"{path}: malformed EXIF block (broken IFD); its orientation")):
+        image, orientation = read_image_and_orientation(path)
+    assert orientation == 1 and image.shape == (20, 40, 3)  # as stored, not turned
 
 
 def test_truncated_and_missing_images_raise_data_error_naming_the_file(tmp_path):

@@ -1,6 +1,7 @@
 """The Segmenter API: input types, shapes and dtypes, probabilities, batching, EXIF orientation, the auto switch."""
 
 import copy
+import io
 import re
 from dataclasses import replace
 
@@ -176,6 +177,28 @@ def test_exif_rotated_photo_is_predicted_upright(segmenter, tmp_path):
     assert from_path.shape == from_pil.shape == (56, 40)
     np.testing.assert_array_equal(from_path, from_pil)
     np.testing.assert_array_equal(from_path, segmenter.predict(upright))
+
+
+def test_a_malformed_exif_block_is_ignored_with_a_warning_for_paths_and_pil_images(tmp_path):
+    raw = _photo(20, 30, seed=6)
+    path = tmp_path / "odd.png"
+    Image.fromarray(raw).save(path, exif=b"Exif\x00\x00garbage")  # an eXIf chunk that is no TIFF structure
+    words = r": malformed EXIF block .*its orientation was ignored"
+    with pytest.warns(UserWarning, match=re.escape(str(path)) + words):
+        np.testing.assert_array_equal(as_rgb_array(path), raw)
+    with Image.open(path) as opened, pytest.warns(UserWarning, match=re.escape(str(path)) + words):
+        np.testing.assert_array_equal(as_rgb_array(opened), raw)
+    in_memory = io.BytesIO(path.read_bytes())  # an image without a file name
+    with Image.open(in_memory) as unnamed, pytest.warns(UserWarning, match="^the PIL image" + words):
+        np.testing.assert_array_equal(as_rgb_array(unnamed), raw)
+
+
+def test_a_pil_image_is_turned_upright_by_its_exif_orientation(tmp_path):
+    raw = _photo(20, 30, seed=7)
+    _jpeg_with_orientation(tmp_path / "phone.jpg", raw, 8)  # shown rotated 90 degrees counter-clockwise
+    decoded_raw = np.asarray(Image.open(tmp_path / "phone.jpg").convert("RGB"))
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        np.testing.assert_array_equal(as_rgb_array(opened), np.rot90(decoded_raw, k=1))
 
 
 class Pointwise(torch.nn.Module):

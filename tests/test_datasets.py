@@ -64,7 +64,7 @@ def test_read_image_converts_every_mode_to_rgb8(tmp_path):
         "rgba.png": Image.fromarray(np.dstack([rgb, np.full((H, W), 7, np.uint8)])),
         "palette.png": Image.fromarray(rgb).quantize(16),
         "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
-        "g16.png": Image.fromarray((grey.astype(np.uint16) * 257)),
+        "g16.png": Image.fromarray(grey.astype(np.uint16) * 257),
     }
     for name, image in cases.items():
         image.save(tmp_path / name)
@@ -170,7 +170,7 @@ def make_ade(root: Path) -> Path:
 def test_ade20k_layout_and_label_mapping(tmp_path):
     base = make_ade(tmp_path)
     train = build_dataset("ade20k", tmp_path, "train")
-    assert len(train) == 3 and [s.name for s in train.samples][0] == "ADE_train_00000001"
+    assert len(train) == 3 and train.samples[0].name == "ADE_train_00000001"
     assert train.info.num_classes == 150
     image, mask = train.load(0)
     assert image.shape == (H, W, 3) and mask.dtype == np.uint8
@@ -249,7 +249,7 @@ def test_voc_layouts_and_palette_masks_read_as_indices(tmp_path, layout):
     make_voc(tmp_path / layout)
     train = build_dataset("voc", tmp_path, "train")
     assert [s.name for s in train.samples] == ["2007_000032", "2007_000039"]
-    image, mask = train.load(1)
+    _, mask = train.load(1)
     assert mask.flat[:4].tolist() == [0, 15, 255, 1]  # palette indices are class ids, 255 border kept
     assert len(build_dataset("voc", tmp_path, "val")) == 1
     with pytest.raises(LayoutError, match=r"train_aug\.txt.*prepare voc-aug") as caught:

@@ -131,7 +131,9 @@ def test_probabilities_are_float32_and_sum_to_one(segmenter):
     proba = segmenter.predict_proba(photo)
     assert proba.shape == (5, 40, 56) and proba.dtype == np.float32
     # each of the 5 softmax outputs within (K + 4) u of its value, and their float32 sum adds gamma_5
-    np.testing.assert_allclose(proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32))
+    np.testing.assert_allclose(
+        proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32)
+    )
     assert (proba >= 0).all()
     np.testing.assert_array_equal(proba.argmax(0), segmenter.predict(photo))
 
@@ -252,5 +254,7 @@ def test_bf16_precision_is_used(checkpoint, segmenter):
     assert labels.shape == (40, 56) and labels.dtype == np.uint8 and labels.max() < 5
     proba = bf16.predict_proba(photo)
     assert proba.dtype == np.float32 and np.isfinite(proba).all()
-    np.testing.assert_allclose(proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32))
+    np.testing.assert_allclose(
+        proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32)
+    )
     assert not np.array_equal(proba, segmenter.predict_proba(photo))

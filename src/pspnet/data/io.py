@@ -102,7 +102,7 @@ def _open_loaded(path: str | os.PathLike, what: str) -> Image.Image:
         raise DataError(f"{path}: not an image file Pillow can read (unknown format or corrupt header)") from None
     except MemoryError:
         raise
-    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, zlib errors...
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors...
         text = str(error) or type(error).__name__
         if "truncated" in text.lower():
             raise DataError(f"{path}: truncated {what} file ({text})") from error
@@ -167,7 +167,7 @@ def to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
             image = image.convert("RGBA")
         # RGBA/LA: convert drops the alpha channel as it is (no compositing onto a background).
         converted = image.convert("RGB")
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise DataError(f"{path}: cannot convert image mode {mode!r} to RGB: {error}") from error
     return np.asarray(converted, dtype=np.uint8).copy()
 

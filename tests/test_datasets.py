@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pspnet.data.classes import DATASETS, default_palette
 from pspnet.data.datasets import (
@@ -63,7 +64,7 @@ def test_read_image_converts_every_mode_to_rgb8(tmp_path):
         "rgba.png": Image.fromarray(np.dstack([rgb, np.full((H, W), 7, np.uint8)])),
         "palette.png": Image.fromarray(rgb).quantize(16),
         "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
-        "g16.png": Image.fromarray((grey.astype(np.uint16) * 257)),
+        "g16.png": Image.fromarray(grey.astype(np.uint16) * 257),
     }
     for name, image in cases.items():
         image.save(tmp_path / name)
@@ -86,6 +87,38 @@ def test_read_image_applies_exif_orientation(tmp_path):
     upright, orientation = read_image_and_orientation(tmp_path / "phone.jpg")
     assert orientation == 6 and upright.shape == (40, 20, 3)
     assert upright[:15].mean() > 200 and upright[25:].mean() < 50  # the white half is now on top
+
+
+# An eXIf chunk that is no TIFF structure: Pillow's getexif and exif_transpose raise SyntaxError on it.
+MALFORMED_EXIF = b"Exif\x00\x00garbage"
+
+
+def test_a_malformed_exif_block_is_ignored_with_a_warning_naming_the_file(tmp_path):
+    pixels = photo(seed=3, h=20, w=40)
+    path = save(tmp_path / "odd exif.png", pixels, exif=MALFORMED_EXIF)
+    with Image.open(path) as opened, pytest.raises(SyntaxError):
+        ImageOps.exif_transpose(opened)  # Pillow itself refuses the block
+    words = re.escape(f"{path}: malformed EXIF block") + r".*its orientation was ignored, the pixels are used as stored"
+    with pytest.warns(UserWarning, match=words):
+        image, orientation = read_image_and_orientation(path)
+    assert orientation == 1
+    np.testing.assert_array_equal(image, pixels)  # lossless PNG: exactly the stored pixels
+    with pytest.warns(UserWarning, match=re.escape(str(path))):
+        np.testing.assert_array_equal(read_image(path), pixels)
+
+
+def test_an_orientation_pillow_cannot_apply_is_ignored_with_a_warning_naming_the_file(tmp_path, monkeypatch):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save(tmp_path / "phone.png", photo(seed=4, h=20, w=40), exif=exif)
+
+    def refuse(image: Image.Image, **options: object) -> Image.Image:
+        raise ValueError("broken IFD")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", refuse)
+    with pytest.warns(UserWarning, match=re.escape(f"{path}: malformed EXIF block (broken IFD); its orientation")):
+        image, orientation = read_image_and_orientation(path)
+    assert orientation == 1 and image.shape == (20, 40, 3)  # as stored, not turned
 
 
 def test_truncated_and_missing_images_raise_data_error_naming_the_file(tmp_path):
@@ -137,7 +170,7 @@ def make_ade(root: Path) -> Path:
 def test_ade20k_layout_and_label_mapping(tmp_path):
     base = make_ade(tmp_path)
     train = build_dataset("ade20k", tmp_path, "train")
-    assert len(train) == 3 and [s.name for s in train.samples][0] == "ADE_train_00000001"
+    assert len(train) == 3 and train.samples[0].name == "ADE_train_00000001"
     assert train.info.num_classes == 150
     image, mask = train.load(0)
     assert image.shape == (H, W, 3) and mask.dtype == np.uint8
@@ -216,7 +249,7 @@ def test_voc_layouts_and_palette_masks_read_as_indices(tmp_path, layout):
     make_voc(tmp_path / layout)
     train = build_dataset("voc", tmp_path, "train")
     assert [s.name for s in train.samples] == ["2007_000032", "2007_000039"]
-    image, mask = train.load(1)
+    _, mask = train.load(1)
     assert mask.flat[:4].tolist() == [0, 15, 255, 1]  # palette indices are class ids, 255 border kept
     assert len(build_dataset("voc", tmp_path, "val")) == 1
     with pytest.raises(LayoutError, match=r"train_aug\.txt.*prepare voc-aug") as caught:

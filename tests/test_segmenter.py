@@ -1,6 +1,7 @@
 """The Segmenter API: input types, shapes and dtypes, probabilities, batching, EXIF orientation, the auto switch."""
 
 import copy
+import io
 import re
 from dataclasses import replace
 
@@ -130,7 +131,9 @@ def test_probabilities_are_float32_and_sum_to_one(segmenter):
     proba = segmenter.predict_proba(photo)
     assert proba.shape == (5, 40, 56) and proba.dtype == np.float32
     # each of the 5 softmax outputs within (K + 4) u of its value, and their float32 sum adds gamma_5
-    np.testing.assert_allclose(proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32))
+    np.testing.assert_allclose(
+        proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32)
+    )
     assert (proba >= 0).all()
     np.testing.assert_array_equal(proba.argmax(0), segmenter.predict(photo))
 
@@ -176,6 +179,28 @@ def test_exif_rotated_photo_is_predicted_upright(segmenter, tmp_path):
     assert from_path.shape == from_pil.shape == (56, 40)
     np.testing.assert_array_equal(from_path, from_pil)
     np.testing.assert_array_equal(from_path, segmenter.predict(upright))
+
+
+def test_a_malformed_exif_block_is_ignored_with_a_warning_for_paths_and_pil_images(tmp_path):
+    raw = _photo(20, 30, seed=6)
+    path = tmp_path / "odd.png"
+    Image.fromarray(raw).save(path, exif=b"Exif\x00\x00garbage")  # an eXIf chunk that is no TIFF structure
+    words = r": malformed EXIF block .*its orientation was ignored"
+    with pytest.warns(UserWarning, match=re.escape(str(path)) + words):
+        np.testing.assert_array_equal(as_rgb_array(path), raw)
+    with Image.open(path) as opened, pytest.warns(UserWarning, match=re.escape(str(path)) + words):
+        np.testing.assert_array_equal(as_rgb_array(opened), raw)
+    in_memory = io.BytesIO(path.read_bytes())  # an image without a file name
+    with Image.open(in_memory) as unnamed, pytest.warns(UserWarning, match="^the PIL image" + words):
+        np.testing.assert_array_equal(as_rgb_array(unnamed), raw)
+
+
+def test_a_pil_image_is_turned_upright_by_its_exif_orientation(tmp_path):
+    raw = _photo(20, 30, seed=7)
+    _jpeg_with_orientation(tmp_path / "phone.jpg", raw, 8)  # shown rotated 90 degrees counter-clockwise
+    decoded_raw = np.asarray(Image.open(tmp_path / "phone.jpg").convert("RGB"))
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        np.testing.assert_array_equal(as_rgb_array(opened), np.rot90(decoded_raw, k=1))
 
 
 class Pointwise(torch.nn.Module):
@@ -231,5 +256,7 @@ def test_bf16_precision_is_used(checkpoint, segmenter):
     assert labels.shape == (40, 56) and labels.dtype == np.uint8 and labels.max() < 5
     proba = bf16.predict_proba(photo)
     assert proba.dtype == np.float32 and np.isfinite(proba).all()
-    np.testing.assert_allclose(proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32))
+    np.testing.assert_allclose(
+        proba.sum(0), 1.0, rtol=0, atol=9 * unit_roundoff(torch.float32) + gamma(5, torch.float32)
+    )
     assert not np.array_equal(proba, segmenter.predict_proba(photo))

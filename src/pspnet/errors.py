@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
-__all__ = ["CheckpointError", "ConfigError", "ConversionError", "DataError", "InputError", "TrainingStopped"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ConversionError",
+    "DataError",
+    "InputError",
+    "LayoutError",
+    "TrainingStopped",
+]
 
 
 class InputError(ValueError):
@@ -34,6 +43,15 @@ class ConversionError(InputError):
 
 class DataError(InputError):
     """A data set file or layout is unusable: missing, unreadable, mismatched; the message names the file."""
+
+
+class LayoutError(DataError):
+    """The folder layout is unusable: missing root, split folder, list file, classes file; names the path."""
+
+    def __init__(self, kind: str, path: str | os.PathLike, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.path = Path(path)
 
 
 class TrainingStopped(Exception):

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
-from .data.io import read_image, to_rgb8
+from .data.io import read_image, to_rgb8, upright
 from .errors import DataError
 from .inference import (
     DEFAULT_MAX_PIXELS,
@@ -49,7 +49,8 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     """An upright ``(H, W, 3) uint8`` RGB array from a path, a PIL image or an RGB uint8 array.
 
     Paths are read by :func:`pspnet.data.io.read_image` (EXIF orientation applied; a missing or unreadable file is
-    a :class:`~pspnet.errors.DataError` naming it); PIL images get ``ImageOps.exif_transpose`` and the same mode
+    a :class:`~pspnet.errors.DataError` naming it); PIL images follow the same rule (:func:`pspnet.data.io.upright`:
+    a malformed EXIF block is a warning naming the file, the pixels are kept as stored) and get the same mode
     conversions (grey, palette, alpha dropped, 16-bit scaled); one whose pixels cannot be decoded (a truncated file
     opened with ``Image.open``) is a DataError naming its file. A wrongly shaped or typed array or an image without
     pixels is a ``ValueError``, any other object a ``TypeError``, saying what was expected.
@@ -67,11 +68,7 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
         except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors...
             name = getattr(image, "filename", "") or "the PIL image"
             raise DataError(f"{name}: cannot decode the PIL image: {error}") from error
-        try:
-            upright = ImageOps.exif_transpose(image)
-        except Exception:  # noqa: BLE001 - a malformed EXIF block is no reason to refuse the pixels
-            upright = image
-        array = to_rgb8(upright if upright is not None else image, Path("<PIL image>"))
+        array = to_rgb8(upright(image, getattr(image, "filename", "") or "the PIL image"), Path("<PIL image>"))
         where = ""
     elif isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:

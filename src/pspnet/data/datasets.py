@@ -25,20 +25,20 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
-import yaml
 
-from ..parsing import load_yaml, shown, yaml_problem
-from ..errors import DataError
-from .classes import DATASETS, DatasetInfo, default_palette
+from ..errors import DataError, LayoutError
+from .classes import DATASETS, DatasetInfo
+from .classes_file import load_classes_file
 from .io import orientation_words, read_image_and_orientation, read_mask
 
 __all__ = [
     "ADE20K",
     "DATASET_READERS",
+    "VOC",
     "CamVid",
     "Cityscapes",
     "FolderDataset",
@@ -47,7 +47,6 @@ __all__ = [
     "Problem",
     "Sample",
     "SegmentationDataset",
-    "VOC",
     "build_dataset",
     "collate",
     "find_voc2012",
@@ -99,20 +98,13 @@ class LoadedSample(NamedTuple):
     label_problem: str | None
 
 
-class LayoutError(DataError):
-    """The folder layout is unusable: missing root, split folder, list file, classes file; names the path."""
-
-    def __init__(self, kind: str, path: str | os.PathLike, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.path = Path(path)
-
-
 def _root_folder(root: str | os.PathLike) -> Path:
     """``root`` as a Path when it is a folder, else a LayoutError naming it. An empty root is refused: Path("") is
     the current folder, so a config's ``root: ''`` read whatever data set the command happened to run in."""
     if os.fspath(root) == "":
-        raise LayoutError("missing_root", Path(), "the data set root is empty ('', the current folder); name its folder")
+        raise LayoutError(
+            "missing_root", Path(), "the data set root is empty ('', the current folder); name its folder"
+        )
     path = Path(root)
     if not path.is_dir():
         raise LayoutError("missing_root", path, f"{path}: data set root folder not found")
@@ -320,9 +312,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if loaded.label_problem is not None:
             raise DataError(f"{sample.mask}: {loaded.label_problem}")
         if loaded.mask is not None and loaded.mask.shape != loaded.image.shape[:2]:
-            raise DataError(
-                size_mismatch_detail(sample, loaded.image.shape[:2], loaded.mask.shape, loaded.orientation)
-            )
+            raise DataError(size_mismatch_detail(sample, loaded.image.shape[:2], loaded.mask.shape, loaded.orientation))
         return loaded.image, loaded.mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -375,9 +365,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 expected = mask_dir / f"{name}{mask_suffix}"
                 others = [p for p in expected.parent.glob(f"{Path(name).name}.*") if p.suffix.lower() != mask_suffix]
                 hint = f"; found {others[0].name}, but masks must be {mask_suffix} (lossless)" if others else ""
-                self.layout_problems.append(
-                    Problem("image_without_mask", (str(path),), f"no mask {expected}{hint}")
-                )
+                self.layout_problems.append(Problem("image_without_mask", (str(path),), f"no mask {expected}{hint}"))
             samples.append(Sample(path, mask, name))
         for name, mask in masks.items():
             if name not in images:
@@ -393,8 +381,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 def size_mismatch_detail(sample: Sample, image_hw: tuple[int, ...], mask_hw: tuple[int, ...], orientation: int) -> str:
     text = (
-        f"image {sample.image} is {image_hw[0]}x{image_hw[1]} (HxW) but mask {sample.mask} is "
-        f"{mask_hw[0]}x{mask_hw[1]}"
+        f"image {sample.image} is {image_hw[0]}x{image_hw[1]} (HxW) but mask {sample.mask} is {mask_hw[0]}x{mask_hw[1]}"
     )
     if orientation in (5, 6, 7, 8) and tuple(mask_hw) == (image_hw[1], image_hw[0]):
         text += (
@@ -417,7 +404,7 @@ class ADE20K(SegmentationDataset):
 
     info = DATASETS["ade20k"]
     SPLITS = ("train", "val")
-    FOLDERS = {"train": "training", "val": "validation"}
+    FOLDERS: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
 
     def _scan(self) -> list[Sample]:
         base = self.root / "ADEChallengeData2016"
@@ -609,126 +596,6 @@ class CamVid(SegmentationDataset):
 
 
 # -- folder data set ------------------------------------------------------------------------------------------------
-
-_CLASSES_FILE_KEYS = {"classes", "ignore_index", "ignore_color", "name", "crop_size", "base_size"}
-
-
-def _colour(value: Any, path: Path, key: str) -> tuple[int, int, int]:
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != 3
-        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
-    ):
-        raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected [r, g, b] with integers 0..255, "
-                          f"got {shown(value)}")  # fmt: skip
-    return (value[0], value[1], value[2])
-
-
-def _positive_int(value: Any, path: Path, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected a positive integer, got "
-                          f"{shown(value)}")  # fmt: skip
-    return value
-
-
-def load_classes_file(path: str | os.PathLike, *, name: str | None = None) -> tuple[DatasetInfo, tuple | None]:
-    """Read and validate a folder data set's ``classes.yaml``: (DatasetInfo, ignore colour or None).
-
-    Format (only ``classes`` is required)::
-
-        name: potholes            # default: the data set folder's name
-        classes:                  # in train-id order: the first is 0
-          - {name: road, color: [128, 64, 128]}
-          - {name: pothole, color: [255, 0, 0]}
-          - crack                 # a bare name: colour from the default (VOC) palette
-        ignore_index: 255         # mask value that is not learned (default 255); must not be a class id
-        ignore_color: [0, 0, 0]   # RGB masks only: this colour becomes ignore_index
-        crop_size: [473, 473]     # training crop (H, W) and inference settings (defaults: 473, 512)
-        base_size: 512
-
-    Every error names the file and the key at fault; a key given twice is an error (YAML would keep the last).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise LayoutError("missing_classes_file", path, f"{path}: classes file not found (a folder data set needs "
-                          "ROOT/classes.yaml listing its classes; see docs/data.md)")  # fmt: skip
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"))  # a key given twice is an error, as in configs
-    except (OSError, UnicodeDecodeError) as error:
-        raise LayoutError("bad_classes_file", path, f"{path}: cannot read: {error}") from error
-    except (yaml.YAMLError, ValueError, RecursionError) as error:  # also integers of 4300+ digits, deep nesting
-        raise LayoutError("bad_classes_file", path, f"{path}: not valid YAML: {yaml_problem(error)}") from error
-    if not isinstance(data, dict):
-        raise LayoutError("bad_classes_file", path, f"{path}: expected a mapping with a 'classes' key, got "
-                          f"{type(data).__name__}")  # fmt: skip
-    unknown = sorted(set(map(str, data)) - _CLASSES_FILE_KEYS)
-    if unknown:
-        raise LayoutError("bad_classes_file", path, f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                          f"allowed: {', '.join(sorted(_CLASSES_FILE_KEYS))}")  # fmt: skip
-    entries = data.get("classes")
-    if not isinstance(entries, list) or not entries:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'classes': expected a non-empty list of "
-                          f"{{name: ..., color: [r, g, b]}}, got {shown(entries)}")  # fmt: skip
-    names: list[str] = []
-    colours: list[tuple[int, int, int] | None] = []
-    for i, entry in enumerate(entries):
-        key = f"classes[{i}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict):
-            raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected {{name: ..., color: "
-                              f"[r, g, b]}} or a name, got {shown(entry)}")  # fmt: skip
-        extra = sorted(set(map(str, entry)) - {"name", "color"})
-        if extra:
-            raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': unknown key(s) "
-                              f"{', '.join(map(repr, extra))}; allowed: 'name', 'color'")  # fmt: skip
-        class_name = entry.get("name")
-        if not isinstance(class_name, str) or not class_name.strip():
-            raise LayoutError("bad_classes_file", path, f"{path}: key '{key}.name': expected a non-empty string, "
-                              f"got {shown(class_name)}")  # fmt: skip
-        if class_name in names:
-            raise LayoutError("bad_classes_file", path, f"{path}: key '{key}.name': {class_name!r} is also class "
-                              f"{names.index(class_name)}; class names must be unique")  # fmt: skip
-        names.append(class_name)
-        colours.append(_colour(entry["color"], path, f"{key}.color") if "color" in entry else None)
-    ignore_index = data.get("ignore_index", 255)
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or ignore_index < len(names):
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'ignore_index': expected an integer >= the number "
-                          f"of classes ({len(names)}) so that it is no class id, got "
-                          f"{shown(ignore_index)}")  # fmt: skip
-    if ignore_index > 65535:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'ignore_index': must fit a 16-bit PNG (<= 65535), "
-                          f"got {ignore_index}")  # fmt: skip
-    if len(names) > 65535:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'classes': at most 65535 classes")
-    ignore_colour = _colour(data["ignore_color"], path, "ignore_color") if "ignore_color" in data else None
-    defaults = default_palette(len(names))
-    palette = tuple(c if c is not None else defaults[i] for i, c in enumerate(colours))
-    if ignore_colour is not None and ignore_colour in palette:
-        clash = names[palette.index(ignore_colour)]
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'ignore_color': {list(ignore_colour)} is also the "
-                          f"colour of class {clash!r}")  # fmt: skip
-    crop = data.get("crop_size", [473, 473])
-    if isinstance(crop, int):
-        crop = [crop, crop]
-    if not isinstance(crop, list) or len(crop) != 2:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'crop_size': expected [height, width], got "
-                          f"{shown(crop)}")  # fmt: skip
-    crop_size = (_positive_int(crop[0], path, "crop_size[0]"), _positive_int(crop[1], path, "crop_size[1]"))
-    base_size = _positive_int(data.get("base_size", 512), path, "base_size")
-    dataset_name = data.get("name", name if name is not None else "folder")
-    if not isinstance(dataset_name, str) or not dataset_name:
-        raise LayoutError("bad_classes_file", path, f"{path}: key 'name': expected a string, got "
-                          f"{shown(dataset_name)}")  # fmt: skip
-    info = DatasetInfo(
-        name=dataset_name,
-        classes=tuple(names),
-        palette=palette,
-        crop_size=crop_size,
-        base_size=base_size,
-        ignore_index=ignore_index,
-    )
-    return info, ignore_colour
 
 
 def _rgb_codes(pixels: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Conventions every other module relies on:
 
-- an image is ``np.ndarray (H, W, 3) uint8`` RGB, shown upright: the EXIF orientation is applied;
+- an image is ``np.ndarray (H, W, 3) uint8`` RGB, shown upright: the EXIF orientation is applied (:func:`upright`,
+  the one rule for files and PIL images alike: a malformed EXIF block is a warning, and the pixels are kept as stored);
 - a mask read from disk holds the raw integers of the file (palette PNGs give their *indices*, never colours); only
   an RGB(A) mask comes back as ``(H, W, 3) uint8`` so that the folder data set can map colours to classes;
 - only regular files are read (a FIFO or device would block forever): anything else is refused by name;
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -32,6 +34,7 @@ __all__ = [
     "read_image_and_orientation",
     "read_mask",
     "to_rgb8",
+    "upright",
     "write_image_png",
     "write_mask_png",
 ]
@@ -99,7 +102,7 @@ def _open_loaded(path: str | os.PathLike, what: str) -> Image.Image:
         raise DataError(f"{path}: not an image file Pillow can read (unknown format or corrupt header)") from None
     except MemoryError:
         raise
-    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, zlib errors...
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors...
         text = str(error) or type(error).__name__
         if "truncated" in text.lower():
             raise DataError(f"{path}: truncated {what} file ({text})") from error
@@ -107,12 +110,38 @@ def _open_loaded(path: str | os.PathLike, what: str) -> Image.Image:
     return image
 
 
-def _orientation(image: Image.Image) -> int:
+def _upright_and_orientation(image: Image.Image, name: str) -> tuple[Image.Image, int]:
+    """``image`` turned upright by its EXIF orientation, and the orientation applied (1: none, not 1..8, or ignored).
+
+    A malformed EXIF block is no reason to refuse the pixels: its orientation is ignored, the pixels are kept as
+    stored, and a ``UserWarning`` names ``name`` and says so. An orientation value outside 1..8 means no turn.
+    """
     try:
         value = image.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block is no reason to refuse the pixels
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+        orientation = value if isinstance(value, int) and 1 <= value <= 8 else 1
+        if orientation == 1:
+            return image, 1
+        return ImageOps.exif_transpose(image), orientation
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow raises SyntaxError, struct.error, ValueError...
+        warnings.warn(
+            f"{name}: malformed EXIF block ({str(error) or type(error).__name__}); its orientation was ignored, "
+            "the pixels are used as stored",
+            UserWarning,
+            stacklevel=3,
+        )
+        return image, 1
+
+
+def upright(image: Image.Image, name: str) -> Image.Image:
+    """``image`` turned upright by its EXIF orientation (``ImageOps.exif_transpose``); itself when it has none.
+
+    The rule of every photo pspnet reads, from a file or handed over as a PIL image: a malformed EXIF block is
+    ignored (the pixels are kept as stored) with a ``UserWarning`` naming ``name`` (the file, or "the PIL image")
+    and saying that the orientation was ignored.
+    """
+    return _upright_and_orientation(image, name)[0]
 
 
 def to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
@@ -138,7 +167,7 @@ def to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
             image = image.convert("RGBA")
         # RGBA/LA: convert drops the alpha channel as it is (no compositing onto a background).
         converted = image.convert("RGB")
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise DataError(f"{path}: cannot convert image mode {mode!r} to RGB: {error}") from error
     return np.asarray(converted, dtype=np.uint8).copy()
 
@@ -146,22 +175,17 @@ def to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
 def read_image_and_orientation(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """The upright (H, W, 3) uint8 RGB image and the EXIF orientation tag the file carried (1 when none).
 
-    The returned pixels already have the orientation applied (``ImageOps.exif_transpose``); for tags 5..8 the raw
-    pixel grid of the file is W x H. ``data check`` uses the tag to warn about masks drawn on the raw grid.
+    The returned pixels already have the orientation applied (:func:`upright`); for tags 5..8 the raw pixel grid of
+    the file is W x H. ``data check`` uses the tag to warn about masks drawn on the raw grid. A malformed EXIF block
+    is a warning naming the file: the pixels come as stored, with orientation 1.
     """
     path = Path(path)
-    image = _open_loaded(path, "image")
-    orientation = _orientation(image)
-    if orientation != 1:
-        try:
-            image = ImageOps.exif_transpose(image)
-        except Exception as error:  # noqa: BLE001
-            raise DataError(f"{path}: cannot apply the EXIF orientation {orientation}: {error}") from error
+    image, orientation = _upright_and_orientation(_open_loaded(path, "image"), str(path))
     return to_rgb8(image, path), orientation
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A photo as (H, W, 3) uint8 RGB, upright (EXIF orientation applied), fully decoded.
+    """A photo as (H, W, 3) uint8 RGB, upright (EXIF orientation applied, see :func:`upright`), fully decoded.
 
     Grey, palette, RGBA (alpha dropped), CMYK, 16-bit (scaled to 8 bits) and float ([0, 1]) images all become
     8-bit RGB. A missing, unreadable or truncated file raises :class:`DataError` naming it.

@@ -95,7 +95,7 @@ def test_shape_mismatch_is_named(tmp_path):
     sd = to_official(_official_model().state_dict())
     sd["cls.1.weight"] = torch.ones(65)
     torch.save(sd, tmp_path / "src.pth")
-    with pytest.raises(ConversionError, match=r"decode_head\.bn\.weight: \(65,\)"):
+    with pytest.raises(ConversionError, match=r"decode_head\.bn\.weight: file \(65,\)"):
         convert("official", tmp_path / "src.pth", tmp_path / "out.safetensors")
 
 

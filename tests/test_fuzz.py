@@ -1,4 +1,4 @@
-"""Property-based tests of every input a user can hand pspnet (issue 9, section 7), and the bugs fuzzing found.
+"""Property-based tests of every input a user can hand pspnet, and the bugs fuzzing found.
 
 The generators live in tests/fuzz_cases.py, shared with benchmarks/fuzz.py (10,000+ cases); here a few hundred
 cases, drawn reproducibly (``derandomize=True``, no example database), check the one property of each input:

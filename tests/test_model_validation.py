@@ -1,4 +1,4 @@
-"""Model files and training states are validated as strictly as a config (issue 9, section 4).
+"""Model files and training states are validated as strictly as a config.
 
 Each broken file differs from a valid one in exactly one field (the checksum is recomputed unless the checksum is
 the field under test), and each must be refused with one CheckpointError line naming the file and that field.

@@ -1,5 +1,5 @@
-"""pspnet predict never loses or escapes with a user's file, and one bad input never stops the others (issue 9,
-sections 2 and 3): inputs inside --out, globs with '..', symlinked folders, output collisions, CSV formulas, thin
+"""pspnet predict never loses or escapes with a user's file, and one bad input never stops the others:
+inputs inside --out, globs with '..', symlinked folders, output collisions, CSV formulas, thin
 images, failing forwards, FIFOs, absurd scales and sizes, the pixel cap."""
 
 import dataclasses

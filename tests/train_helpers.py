@@ -29,7 +29,7 @@ VENV_BIN = Path(sys.executable).parent
 CLASSES = ["a", "b", "c"]
 PALETTE = [[40, 40, 40], [200, 30, 30], [30, 30, 200]]
 
-# The tiny model and data settings every test starts from (the "tiny model config keys").
+# The tiny model and data settings every test starts from.
 TINY: dict[str, Any] = {
     "dataset": "folder",
     "depth": 18,

@@ -22,18 +22,13 @@ import torch
 
 from .constants import __version__
 from .data.classes import DATASETS
-from .data.cli_data import add_data_commands
+from .data.cli_data import add_data_commands, positive_int
+from .data.datasets import DATASET_READERS
 from .errors import ConfigError, InputError, TrainingStopped
-from .inference import DEFAULT_MAX_PIXELS
+from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISIONS
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+from .weights.convert import SOURCES
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -143,7 +138,7 @@ _MAX_PIXELS_HELP = (
 def _base_size(text: str) -> int | str:
     if text == "native":
         return text
-    return _positive(text)
+    return positive_int(text)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -373,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--model", choices=sorted(MODELS), default="pspnet50", help="model name (default: pspnet50)")
     info.add_argument(
-        "--size", nargs=2, type=_positive, default=(473, 473), metavar=("H", "W"), help="input size (default: 473 473)"
+        "--size", nargs=2, type=positive_int, default=(473, 473), metavar=("H", "W"), help="input size (default: 473 473)"
     )
-    info.add_argument("--classes", type=_positive, default=150, help="number of classes (default: 150, ADE20K)")
+    info.add_argument("--classes", type=positive_int, default=150, help="number of classes (default: 150, ADE20K)")
     info.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=8, help="output stride (default: 8)")
     info.add_argument("--stem", choices=sorted(STEMS), default="deep", help="ResNet stem (default: deep, official)")
     info.add_argument("--no-aux", action="store_true", help="build without the auxiliary head")
@@ -394,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="source",
         required=True,
-        choices=["official", "official-backbone", "mmseg", "torchvision"],
+        choices=list(SOURCES),
         help="layout of SRC: official PSPNet, official deep-stem ImageNet ResNet, mmseg PSPNet, or "
         "torchvision/timm ImageNet ResNet",
     )
@@ -419,16 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode slide --flip; multi-scale: add --scales 0.5 0.75 1.0 1.25 1.5 1.75.",
     )
     ev.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or training run directory")
-    ev.add_argument("--dataset", required=True, choices=sorted(DATASETS) + ["folder"], help="data set reader")
+    ev.add_argument("--dataset", required=True, choices=sorted(DATASET_READERS), help="data set reader")
     ev.add_argument("--root", required=True, help="data set root folder (see docs/data.md for the layouts)")
     ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
     ev.add_argument(
         "--mode",
-        choices=["auto", "whole", "slide"],
+        choices=MODES,
         help="whole image, sliding windows, or auto: windows only when a side exceeds the crop (default: auto)",
     )
     ev.add_argument(
-        "--crop", nargs=2, type=_positive, metavar=("H", "W"), help="sliding-window size (default: model's)"
+        "--crop", nargs=2, type=positive_int, metavar=("H", "W"), help="sliding-window size (default: model's)"
     )
     ev.add_argument("--stride-rate", type=_fraction, help="window step as a fraction of the crop (default: 2/3)")
     ev.add_argument(
@@ -437,10 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="long side in pixels at scale 1.0, or 'native' to keep the image size (default: model's)",
     )
     ev.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
-    ev.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
+    ev.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
     ev.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="inference precision (default: fp32)")
-    ev.add_argument("--limit", type=_positive, help="evaluate only the first N images")
+    ev.add_argument("--precision", choices=list(PRECISIONS), help="inference precision (default: fp32)")
+    ev.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     ev.add_argument("--include", nargs="+", default=[], metavar="PREFIX", help="only images whose name starts so")
     ev.add_argument("--exclude", nargs="+", default=[], metavar="PREFIX", help="skip images whose name starts so")
     ev.add_argument("--save-pred", action="store_true", help="save predicted label maps as palette PNGs under --out")
@@ -520,21 +515,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--save-proba", action="store_true", help="also write NAME_proba.npy (float16 probabilities)")
     pr.add_argument(
         "--mode",
-        choices=["auto", "whole", "slide"],
+        choices=MODES,
         default="auto",
         help="whole image, sliding windows, or auto: windows only when a side exceeds the checkpoint's crop after "
         "base-size resizing (default: auto)",
     )
     pr.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
-    pr.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
+    pr.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
     pr.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     pr.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="inference precision (default: fp32)"
+        "--precision", choices=list(PRECISIONS), default="fp32", help="inference precision (default: fp32)"
     )
     pr.add_argument(
         "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
     )
-    pr.add_argument("--batch", type=_positive, default=4, help="images of one size per forward pass (default: 4)")
+    pr.add_argument("--batch", type=positive_int, default=4, help="images of one size per forward pass (default: 4)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from ..parsing import load_yaml, shown, yaml_problem
+from ..parsing import is_rgb, load_yaml, shown, yaml_problem
 from ..errors import LayoutError
 from .classes import DatasetInfo, default_palette
 
@@ -18,13 +18,10 @@ _CLASSES_FILE_KEYS = {"classes", "ignore_index", "ignore_color", "name", "crop_s
 
 
 def _colour(value: Any, path: Path, key: str) -> tuple[int, int, int]:
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != 3
-        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
-    ):
-        raise LayoutError("bad_classes_file", path, f"{path}: key '{key}': expected [r, g, b] with integers 0..255, "
-                          f"got {shown(value)}")  # fmt: skip
+    if not is_rgb(value):
+        raise LayoutError(
+            "bad_classes_file", path, f"{path}: key '{key}': expected [r, g, b] with integers 0..255, got {shown(value)}"
+        )
     return (value[0], value[1], value[2])
 
 

@@ -58,7 +58,8 @@ def _cmd_voc_aug(args: argparse.Namespace) -> int:
     return 0
 
 
-def _workers(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (the command line's one definition of it)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -100,7 +101,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         "any ImageSets/Segmentation/SPLIT.txt (train, val, trainval, train_aug); folder: any images/SPLIT folder",
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON on stdout (no progress bar)")
-    check.add_argument("--workers", type=_workers, metavar="N", help="threads reading files (default: up to 8)")
+    check.add_argument("--workers", type=positive_int, metavar="N", help="threads reading files (default: up to 8)")
     check.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     check.set_defaults(func=_cmd_check)
 
@@ -131,6 +132,6 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="folder holding VOCdevkit/VOC2012 or VOC2012, or the VOC2012 folder itself (written into)",
     )
-    voc_aug.add_argument("--workers", type=_workers, metavar="N", help="threads writing masks (default: up to 8)")
+    voc_aug.add_argument("--workers", type=positive_int, metavar="N", help="threads writing masks (default: up to 8)")
     voc_aug.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     voc_aug.set_defaults(func=_cmd_voc_aug)

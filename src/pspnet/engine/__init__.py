@@ -1,1 +1,2 @@
-"""Training and evaluation machinery: losses (more arrives with the training and evaluation issues)."""
+"""Training and evaluation: the training config, losses, the training loop and its steps, checkpoints, metrics,
+evaluation, and the torch.distributed helpers they share."""

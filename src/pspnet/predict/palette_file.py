@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..data.classes import DATASETS
+from ..parsing import is_rgb
 
 __all__ = ["load_palette"]
 
@@ -45,9 +46,7 @@ def load_palette(spec: str, num_classes: int) -> list[tuple[int, int, int]]:
         except ValueError as error:
             raise ValueError(f"{what}: not a JSON list of [r, g, b] nor 'r g b' lines: {error}") from None
         for i, colour in enumerate(colours):
-            if len(colour) != 3 or not all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour
-            ):
+            if not is_rgb(colour):
                 raise ValueError(f"{what}: colour {i} is {list(colour)}; expected three integers in 0..255")
     if len(colours) != num_classes:
         raise ValueError(f"{what} has {len(colours)} colours but the model predicts {num_classes} classes")

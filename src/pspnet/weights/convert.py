@@ -34,7 +34,7 @@ from ..data.classes import DATASETS, dataset_for_classes
 from ..errors import ConversionError
 from ..models.pspnet import build_model
 from ..models.resnet import STAGE_BLOCKS, STEMS, ResNet
-from .model_file import FORMAT_VERSION, make_card, write_model_file, write_weights_file
+from .model_file import FORMAT_VERSION, key_mismatches, make_card, write_model_file, write_weights_file
 
 __all__ = ["SOURCES", "ConversionReport", "convert", "load_foreign_state_dict", "rename_keys"]
 
@@ -234,13 +234,10 @@ def _strict_match(
     keys by their pspnet names.
     """
     renamed = {new: raw[old] for old, new in mapping.items()}
-    unknown = sorted(unmatched + [old for old, new in mapping.items() if new not in expected])
-    missing = sorted(k for k in expected if k not in renamed and not k.endswith("num_batches_tracked"))
-    wrong = [
-        f"{k}: {tuple(renamed[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in sorted(renamed)
-        if k in expected and renamed[k].shape != expected[k].shape
-    ]
+    unknown_renamed, missing, wrong = key_mismatches(renamed, expected)
+    source_name = {new: old for old, new in mapping.items()}
+    unknown = sorted(unmatched + [source_name[k] for k in unknown_renamed])
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if unknown or missing or wrong:
         parts = [
             _listing(label, items)

@@ -45,6 +45,7 @@ __all__ = [
     "WEIGHT_DTYPES",
     "check_state_dict",
     "check_tensors",
+    "key_mismatches",
     "load_backbone_weights",
     "load_model_file",
     "make_card",
@@ -266,8 +267,11 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
     return tensors, meta
 
 
-def check_state_dict(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
-    """Raise a CheckpointError naming ``path`` and every unknown, missing or mis-shaped key."""
+def key_mismatches(
+    tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """How ``tensors`` fail to fit ``expected`` (a state dict): its unknown keys, the missing keys, and the keys of
+    another shape as ``"KEY: file (shape) vs model (shape)"``, each list sorted."""
     unknown = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     wrong = [
@@ -275,6 +279,12 @@ def check_state_dict(path: Path, tensors: Mapping[str, Tensor], expected: Mappin
         for k in sorted(set(tensors) & set(expected))
         if tensors[k].shape != expected[k].shape
     ]
+    return unknown, missing, wrong
+
+
+def check_state_dict(path: Path, tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
+    """Raise a CheckpointError naming ``path`` and every unknown, missing or mis-shaped key (:func:`key_mismatches`)."""
+    unknown, missing, wrong = key_mismatches(tensors, expected)
     if unknown or missing or wrong:
         raise CheckpointError(
             f"{path}: weights do not fit the model: "

@@ -127,7 +127,7 @@ def test_a_symlinked_folder_inside_out_cannot_lead_outputs_elsewhere(checkpoint,
     (out / "trip").symlink_to(elsewhere, target_is_directory=True)
     assert _predict(checkpoint, tmp_path / "photos", "--out", out) == 2
     err = capsys.readouterr().err
-    assert f"output {out / 'trip' / 'c.png'} would be written in {elsewhere.resolve()}, outside --out {out}" in err
+    assert f"output {out / 'trip' / 'c.png'} would be written in {elsewhere.resolve()}, outside the output folder {out}" in err
     assert not list(elsewhere.iterdir()) and sorted(p.name for p in out.iterdir()) == ["trip"]
 
 

@@ -104,14 +104,14 @@ def plan_outputs(
         folder = _folder_key(path.parent, folders)
         if folder != root and root not in folder.parents:
             raise UnsafeOutputs(
-                f"output {path} would be written in {folder}, outside --out {out} (a symlinked folder or a name "
-                "that leaves it); choose another --out"
+                f"output {path} would be written in {folder}, outside the output folder {out} (a symlinked "
+                "folder or a name that leaves it); choose another output folder"
             )
         identity = _identity(path)
         if identity is not None and identity in inputs:
             raise UnsafeOutputs(
-                f"output {path} is the input {inputs[identity]}: predicting would overwrite it; choose an --out "
-                "outside the input folders"
+                f"output {path} is the input {inputs[identity]}: predicting would overwrite it; choose an output "
+                "folder outside the input folders"
             )
         return str(folder / path.name).lower()
 
@@ -128,7 +128,7 @@ def plan_outputs(
                 Failure(
                     str(item.source),
                     f"{item.source}: its output {out / names[clash]} is already an output of "
-                    f"{taken[keys[clash]]}; predict it into another --out",
+                    f"{taken[keys[clash]]}; predict it into another output folder",
                 )
             )
             continue

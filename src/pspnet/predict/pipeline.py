@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import temporary_beside
-from ..errors import DataError
+from ..errors import InputError, DataError
 from ..inference import check_image_size
 from ..segmenter import Segmenter, as_rgb_array
 from ..visualize import colorize, overlay
@@ -296,7 +296,7 @@ def predict_inputs(
         raise ValueError(f"batch and workers must be positive, got {batch} and {workers}")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+        raise InputError(f"{out}: exists and is not a folder", argument="out")
     colours = [tuple(int(v) for v in c) for c in (palette if palette is not None else segmenter.palette)]
     if len(colours) != segmenter.num_classes:
         raise ValueError(

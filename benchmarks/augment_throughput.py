@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -37,10 +37,10 @@ import PIL
 import torch
 from PIL import Image
 
+from pspnet.constants import IMAGENET_MEAN, IMAGENET_STD
 from pspnet.data.transforms import Compose, paper_train_transform
 from pspnet.engine.losses import pspnet_loss
 from pspnet.models.pspnet import PSPNet
-from pspnet.constants import IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAMVID = ROOT.parent / "shared" / "data" / "camvid"
@@ -215,8 +215,10 @@ def bench_train_step(steps: int, batch: int, size: tuple[int, int], threads: int
         f"\n## Training step: PSPNet depth 18, head 128, aux 64, OS 16, 11 classes; batch {batch} at "
         f"{size[0]}x{size[1]}; fp32, {threads} threads"
     )
-    print(f"  {'forward + backward + SGD step':42s} {med:6.2f} s/step (min {min(times):.2f}, {steps} steps)  "
-          f"{batch / med:6.2f} img/s")
+    print(
+        f"  {'forward + backward + SGD step':42s} {med:6.2f} s/step (min {min(times):.2f}, {steps} steps)  "
+        f"{batch / med:6.2f} img/s"
+    )
     return batch / med
 
 
@@ -232,7 +234,7 @@ def main() -> None:
 
     all_cpus = usable_cpus()
     print("# Augmentation throughput (pspnet.data.transforms.paper_train_transform)")
-    print(f"date     {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"date     {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"command  {shlex.join([os.path.relpath(sys.executable), *sys.argv])}")
     print(f"machine  {cpu_model()}, {os.cpu_count()} logical CPUs ({len(all_cpus)} usable), {platform.platform()}")
     print(

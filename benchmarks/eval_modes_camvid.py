@@ -22,16 +22,25 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the hand-written official key layout used by the converter tests
-from layouts import to_official  # noqa: E402
+from layouts import to_official
 
-from pspnet.models.pspnet import MODELS  # noqa: E402
+from pspnet.models.pspnet import MODELS
 
 MODES = {
     "whole (CamVid default: native 480x360)": ["--mode", "whole"],
     "slide 240x240, stride 2/3": ["--mode", "slide", "--crop", "240", "240"],
     "whole + flip": ["--mode", "whole", "--flip"],
     "multi-scale 0.5-1.75 + flip, slide 360x480": [
-        "--mode", "slide", "--flip", "--scales", "0.5", "0.75", "1.0", "1.25", "1.5", "1.75",
+        "--mode",
+        "slide",
+        "--flip",
+        "--scales",
+        "0.5",
+        "0.75",
+        "1.0",
+        "1.25",
+        "1.5",
+        "1.75",
     ],
     "whole, bf16": ["--mode", "whole", "--precision", "bf16"],
 }
@@ -55,10 +64,21 @@ def main() -> None:
     convert = [pspnet_cli, "convert", "--from", "official", str(work / "official_pspnet50_camvid.pth"), str(dst)]
     subprocess.run([*convert, "--dataset", "camvid", "--force"], check=True)
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"\nmachine: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}; {platform.python_version()}")
-    print("| mode | command (after `pspnet eval pspnet50_camvid.safetensors --dataset camvid --root DIR --limit N`) "
-          "| wall time | s/image | mIoU (random weights) |")
+    cpu = next(
+        (
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        ),
+        "?",
+    )
+    print(
+        f"\nmachine: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}; {platform.python_version()}"
+    )
+    print(
+        "| mode | command (after `pspnet eval pspnet50_camvid.safetensors --dataset camvid --root DIR --limit N`) "
+        "| wall time | s/image | mIoU (random weights) |"
+    )
     print("|---|---|---:|---:|---:|")
     for name, extra in MODES.items():
         out = work / name.split()[0]
@@ -68,8 +88,11 @@ def main() -> None:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
         report = json.loads((out / "metrics.json").read_text())
-        print(f"| {name} | `{' '.join(extra)}` | {seconds:.1f} s | {report['seconds'] / args.limit:.2f} | "
-              f"{100 * report['mIoU']:.2f} |", flush=True)
+        print(
+            f"| {name} | `{' '.join(extra)}` | {seconds:.1f} s | {report['seconds'] / args.limit:.2f} | "
+            f"{100 * report['mIoU']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -979,7 +979,7 @@ def run_config(fixture: Fixture, case: TextCase, folder: Path, *, train_valid: b
     --out RUN``: for an invalid config, exit 1 naming the file; a valid one is trained only when it is tiny
     (:func:`_cheap`) and ``train_valid``: exit 0, or a failure naming the file, the data set or the run folder."""
     from pspnet.engine.config import load_train_config
-from pspnet.errors import ConfigError
+    from pspnet.errors import ConfigError
 
     path = folder / "config.yaml"
     path.write_bytes(
@@ -1157,9 +1157,9 @@ def run_meta(fixture: Fixture, case: MetaCase, folder: Path, photo: Path) -> dic
     ``load_model``, ``Segmenter.from_checkpoint`` and ``pspnet predict``: success, or a CheckpointError (an
     ``error: ...`` line) naming the file. They must agree, except that a crop or base size a model file may hold
     can exceed the pixel cap of inference: load_model accepts it, the other two refuse it naming the file."""
+    from pspnet import load_model
     from pspnet.errors import CheckpointError
     from pspnet.segmenter import Segmenter
-    from pspnet import load_model
     from pspnet.weights.model_file import write_weights_file
 
     meta = apply_mutations(fixture.meta, case.mutations)

@@ -136,9 +136,7 @@ def _conv(
     sd: Mapping[str, Tensor], name: str, x: Tensor, *, stride: int = 1, padding: int = 0, dilation: int = 1
 ) -> Tensor:
     """Convolution with the weight (and bias, if the checkpoint has one) of module ``name``."""
-    return F.conv2d(
-        x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), stride=stride, padding=padding, dilation=dilation
-    )
+    return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), stride=stride, padding=padding, dilation=dilation)
 
 
 def _bottleneck(sd: Mapping[str, Tensor], name: str, x: Tensor, *, stride: int, dilation: int) -> Tensor:
@@ -214,7 +212,7 @@ def official_forward(
     mmsegmentation one (see :func:`mmseg_forward`).
     """
     if prefix:
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     h, w = x.shape[-2:]
     feats = official_ppm(sd, official_backbone(sd, x, contract_dilation=contract_dilation), align_corners=align_corners)
     y = F.relu(_bn(sd, "cls.1", _conv(sd, "cls.0", feats, padding=1)))

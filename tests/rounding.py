@@ -102,7 +102,9 @@ def cross_entropy_sum_bound(
     return float((w * per_pixel).sum() + u * terms.abs().sum() + gamma(max(n, 1), dtype) * terms.abs().sum())
 
 
-def probability_bound(classes: int, max_logit: float, *, averaged: int = 1, dtype: torch.dtype = torch.float32) -> float:
+def probability_bound(
+    classes: int, max_logit: float, *, averaged: int = 1, dtype: torch.dtype = torch.float32
+) -> float:
     """Bound on the absolute error of a probability computed in ``dtype`` as the softmax of logits rounded to
     ``dtype`` (from exact or float64 values up to ``max_logit`` in magnitude), then averaged with ``averaged - 1``
     others (additions, one division).

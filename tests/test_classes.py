@@ -31,7 +31,7 @@ def test_voc_colour_map_hand_values():
 
 def test_camvid_table_matches_the_shared_readme():
     text = (SHARED / "data" / "camvid" / "README.md").read_text()
-    rows = re.findall(r"^\| (\d+) \| (\w+) \| (\d+),(\d+),(\d+) \|$", text, flags=re.M)
+    rows = re.findall(r"^\| (\d+) \| (\w+) \| (\d+),(\d+),(\d+) \|$", text, flags=re.MULTILINE)
     table = {int(i): (name, (int(r), int(g), int(b))) for i, name, r, g, b in rows if int(i) < 11}
     info = DATASETS["camvid"]
     assert [table[i][0] for i in range(11)] == list(info.classes)

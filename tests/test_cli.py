@@ -95,7 +95,17 @@ def test_convert_command(tmp_path, capsys):
 
 def test_installed_entry_point():
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "pspnet"), "info", "--model", "pspnet18", "--size", "33", "33", "--classes", "3"],
+        [
+            str(Path(sys.executable).parent / "pspnet"),
+            "info",
+            "--model",
+            "pspnet18",
+            "--size",
+            "33",
+            "33",
+            "--classes",
+            "3",
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -4,11 +4,9 @@ import json
 import re
 
 import yaml
-from conftest import SHARED
 
 from pspnet.cli import main
 from pspnet.demo import DEMO_CONFIG
-
 
 
 def test_demo_config_file_matches_the_package():
@@ -19,7 +17,7 @@ def test_demo_config_file_matches_the_package():
 
 
 def test_demo_with_ablation_writes_a_complete_report(tmp_path, monkeypatch, capsys):
-    import pspnet.demo as demo
+    from pspnet import demo
 
     monkeypatch.setitem(demo.DEMO_CONFIG, "iterations", 3)
     monkeypatch.setitem(demo.DEMO_CONFIG, "checkpoint_every", 3)
@@ -28,7 +26,9 @@ def test_demo_with_ablation_writes_a_complete_report(tmp_path, monkeypatch, caps
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--ablation"]) == 0
     printed = capsys.readouterr().out
-    assert re.search(r"mIoU on the validation scenes: [\d.]+; without pyramid pooling: [\d.]+ \(gap [-+][\d.]+ points\)", printed)
+    assert re.search(
+        r"mIoU on the validation scenes: [\d.]+; without pyramid pooling: [\d.]+ \(gap [-+][\d.]+ points\)", printed
+    )
     assert "index.html" in printed
     report = json.loads((out / "metrics.json").read_text())
     assert set(report) >= {"mIoU", "mAcc", "allAcc", "mBIoU", "per_class", "confusion", "settings"}

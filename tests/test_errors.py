@@ -11,8 +11,7 @@ from conftest import tiny_pspnet
 from train_helpers import make_folder_dataset, write_config
 
 from pspnet.cli import main, one_line
-from pspnet.errors import ConfigError
-from pspnet.errors import DataError
+from pspnet.errors import ConfigError, DataError
 from pspnet.weights.model_file import make_card, save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

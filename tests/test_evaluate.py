@@ -41,7 +41,20 @@ MODES = {
     "whole": ["--mode", "whole", "--base-size", "97"],
     "slide": ["--mode", "slide", "--base-size", "97", "--crop", "49", "49"],
     "auto-native-small-crop": ["--base-size", "80", "--crop", "60", "60"],
-    "multi-scale-flip": ["--mode", "slide", "--base-size", "64", "--crop", "49", "49", "--flip", "--scales", "0.75", "1.0", "1.5"],
+    "multi-scale-flip": [
+        "--mode",
+        "slide",
+        "--base-size",
+        "64",
+        "--crop",
+        "49",
+        "49",
+        "--flip",
+        "--scales",
+        "0.75",
+        "1.0",
+        "1.5",
+    ],
     "bf16": ["--mode", "whole", "--base-size", "97", "--precision", "bf16"],
 }
 

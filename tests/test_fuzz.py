@@ -19,12 +19,11 @@ from hypothesis import HealthCheck, example, given, settings
 from PIL import Image
 
 from pspnet.cli import main
-from pspnet.engine.config import load_train_config
-from pspnet.errors import ConfigError
-from pspnet.parsing import shown
 from pspnet.data.datasets import LayoutError, load_classes_file
-from pspnet.errors import DataError
+from pspnet.engine.config import load_train_config
+from pspnet.errors import ConfigError, DataError
 from pspnet.inference import InferenceSettings
+from pspnet.parsing import shown
 from pspnet.segmenter import Segmenter, as_rgb_array
 from pspnet.weights.model_file import make_card, read_weights_file, save_model, write_weights_file
 

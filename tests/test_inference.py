@@ -8,8 +8,8 @@ from conftest import tiny_pspnet
 from rounding import gamma, network_rtol, probability_bound, unit_roundoff
 from torch import nn
 
-from pspnet.weights.model_file import make_card
 from pspnet.inference import InferenceSettings, infer_proba, normalize, resized_size, window_starts
+from pspnet.weights.model_file import make_card
 
 
 class Pointwise(nn.Module):
@@ -132,7 +132,7 @@ def test_multi_scale_averages_resized_probabilities():
 
 
 def test_auto_mode_chooses_windows_only_for_large_images(monkeypatch):
-    import pspnet.inference as inference
+    from pspnet import inference
 
     calls = []
     original = inference._slide

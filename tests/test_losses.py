@@ -15,7 +15,6 @@ from pspnet.engine.losses import (
     pspnet_loss,
 )
 
-
 U32 = unit_roundoff(torch.float32)
 
 

@@ -246,7 +246,7 @@ def test_band_matches_scipy_and_the_reference_procedure(size, d):
 
 def reference_boundary_counts(pred: np.ndarray, target: np.ndarray, k: int, ratio: float = 0.02):
     h, w = target.shape
-    d = max(1, int(round(ratio * np.sqrt(h**2 + w**2))))
+    d = max(1, round(float(ratio * np.sqrt(h**2 + w**2))))
     valid = target != IGNORE
     inter, union = np.zeros(k, np.int64), np.zeros(k, np.int64)
     for c in range(k):
@@ -330,8 +330,13 @@ def test_metrics_report_is_json_ready():
     assert json.loads(json.dumps(report)) == report
     assert set(report) == {"mIoU", "mAcc", "allAcc", "mBIoU", "per_class", "confusion"}
     assert report["mIoU"] == pytest.approx(0.5) and report["mBIoU"] == 1.0
-    assert report["per_class"][0] == {"name": "a", "iou": pytest.approx(2 / 3), "acc": pytest.approx(2 / 3),
-                                      "biou": 1.0, "gt_pixels": 3}
+    assert report["per_class"][0] == {
+        "name": "a",
+        "iou": pytest.approx(2 / 3),
+        "acc": pytest.approx(2 / 3),
+        "biou": 1.0,
+        "gt_pixels": 3,
+    }
     assert report["per_class"][3] == {"name": "d", "iou": None, "acc": None, "biou": None, "gt_pixels": 0}
     assert report["confusion"] == conf.matrix.tolist()
     no_biou = metrics_report(conf, None, ["a", "b", "c", "d"])

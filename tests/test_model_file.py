@@ -14,8 +14,8 @@ from pspnet.weights.model_file import (
     FORMAT_VERSION,
     load_backbone_weights,
     make_card,
-    read_weights_file,
     model_metadata,
+    read_weights_file,
     save_model,
     write_weights_file,
 )
@@ -70,7 +70,7 @@ def test_metadata_is_plain_json_under_the_pspnet_key(tmp_path):
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
-    model, path = _saved(tmp_path)
+    _model, path = _saved(tmp_path)
     good = path.read_bytes()
 
     def failing_replace(src, dst):

@@ -19,11 +19,10 @@ import torch
 from conftest import tiny_pspnet
 
 import pspnet
-from pspnet.engine.config import load_train_config
-from pspnet.errors import ConfigError
 from pspnet.data.classes import DATASETS
 from pspnet.engine.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint
-from pspnet.errors import CheckpointError
+from pspnet.engine.config import load_train_config
+from pspnet.errors import CheckpointError, ConfigError
 from pspnet.models.card import ModelCard
 from pspnet.models.pspnet import PSPNet
 from pspnet.weights.model_file import (
@@ -351,8 +350,9 @@ def checkpoint(tmp_path_factory, model) -> Path:
     logits, aux = net(torch.randn(2, 3, 32, 32))
     (logits.square().mean() + aux.square().mean()).backward()
     optimizer.step()
-    state = TrainState(iteration=1, epoch=0, step_in_epoch=1, best_miou=0.25, best_iteration=1,
-                       class_weights=[1.0, 2.0, 0.5])  # fmt: skip
+    state = TrainState(
+        iteration=1, epoch=0, step_in_epoch=1, best_miou=0.25, best_iteration=1, class_weights=[1.0, 2.0, 0.5]
+    )
     return save_checkpoint(
         tmp_path_factory.mktemp("run"),
         model=net,
@@ -423,8 +423,15 @@ STATE_BROKEN = {
     "scaler a string": ({"scaler": "x"}, "metadata scaler"),
     "scaler partial": ({"scaler": {"scale": 1.0}}, "metadata scaler"),
     "scaler scale zero": (
-        {"scaler": {"scale": 0.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-                    "_growth_tracker": 0}},  # fmt: skip
+        {
+            "scaler": {
+                "scale": 0.0,
+                "growth_factor": 2.0,
+                "backoff_factor": 0.5,
+                "growth_interval": 2000,
+                "_growth_tracker": 0,
+            }
+        },
         "metadata scaler.scale",
     ),
     "class_weights short": ({"class_weights": [1.0]}, "metadata class_weights"),

@@ -54,7 +54,7 @@ def test_dynamic_size_export_matches_eager(tmp_path):
 def _floor_kernel_pooling():
     """The pyramid pooling as peers export it for fixed sizes: average pooling with kernel = stride = floor(L / b),
     which drops the last rows and columns when b does not divide L."""
-    import pspnet.models.ppm as ppm
+    from pspnet.models import ppm
 
     def pool(x, bins):
         h, w = x.shape[-2:]

@@ -72,7 +72,8 @@ def test_batch_of_one_uses_running_statistics_with_one_warning():
     bn = branch.bn
     pooled = x.mean((2, 3), keepdim=True)
     expected = F.relu(
-        (branch.conv(pooled) - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
+        (branch.conv(pooled) - bn.running_mean.view(1, -1, 1, 1))
+        / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
         * bn.weight.view(1, -1, 1, 1)
         + bn.bias.view(1, -1, 1, 1)
     )

@@ -2,8 +2,8 @@
 inputs inside --out, globs with '..', symlinked folders, output collisions, CSV formulas, thin
 images, failing forwards, FIFOs, absurd scales and sizes, the pixel cap."""
 
-import dataclasses
 import csv
+import dataclasses
 import json
 import os
 import threading
@@ -127,7 +127,10 @@ def test_a_symlinked_folder_inside_out_cannot_lead_outputs_elsewhere(checkpoint,
     (out / "trip").symlink_to(elsewhere, target_is_directory=True)
     assert _predict(checkpoint, tmp_path / "photos", "--out", out) == 2
     err = capsys.readouterr().err
-    assert f"output {out / 'trip' / 'c.png'} would be written in {elsewhere.resolve()}, outside the output folder {out}" in err
+    assert (
+        f"output {out / 'trip' / 'c.png'} would be written in {elsewhere.resolve()}, outside the output folder {out}"
+        in err
+    )
     assert not list(elsewhere.iterdir()) and sorted(p.name for p in out.iterdir()) == ["trip"]
 
 
@@ -319,7 +322,7 @@ def test_fifos_are_named_and_never_block(checkpoint, tmp_path, capsys):
     photo = _save(tmp_path / "in" / "a.png")
     for reader in (read_image, read_mask):
         with pytest.raises(DataError, match=f"{image_pipe}: not a regular file"):
-            _within(60, lambda: reader(image_pipe), rescue)
+            _within(60, lambda read=reader: read(image_pipe), rescue)
     out = tmp_path / "out"
     status = _within(120, lambda: _predict(checkpoint, image_pipe, video_pipe, photo, "--out", out), rescue)
     assert status == 1
@@ -409,7 +412,9 @@ def test_model_metadata_asking_for_absurd_sizes_is_refused(checkpoint, tmp_path,
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match=f"{words}.*above the limit of {DEFAULT_MAX_PIXELS} pixels"):
         card = pspnet.load_model(checkpoint).card
-        InferenceSettings.from_card(dataclasses.replace(card, **{field: tuple(value) if isinstance(value, list) else value}))
+        InferenceSettings.from_card(
+            dataclasses.replace(card, **{field: tuple(value) if isinstance(value, list) else value})
+        )
 
 
 def test_the_pixel_cap_holds_for_native_size_images(checkpoint, tmp_path):

@@ -35,10 +35,10 @@ from train_helpers import (
 )
 
 from pspnet.cli import main
-from pspnet.errors import ConfigError
 from pspnet.engine import distributed
 from pspnet.engine import train as train_module
 from pspnet.engine.train import train
+from pspnet.errors import ConfigError
 from pspnet.weights.model_file import read_weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")

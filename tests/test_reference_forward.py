@@ -26,7 +26,7 @@ from rounding import network_rtol
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference_pspnet import (  # noqa: E402
+from reference_pspnet import (
     load_key_file,
     mmseg_forward,
     mmseg_keys,
@@ -107,9 +107,8 @@ def _check_converted_matches_reference(
     tmp_path: Path, key_file: str, classes: int, size: tuple[int, int], seed: int
 ) -> float:
     """Convert an official-layout checkpoint, run both networks, assert agreement; return the relative error."""
-    from pspnet.weights.convert import convert
-
     import pspnet
+    from pspnet.weights.convert import convert
 
     sd = official_state_dict(_fixture(key_file), seed=seed)
     src, dst = tmp_path / "official.pth", tmp_path / "model.safetensors"
@@ -165,9 +164,8 @@ def test_reference_state_dict_is_seeded_and_complete() -> None:
 @pytest.fixture(scope="module")
 def mmseg_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Tensor], Tensor, Tensor, object]:
     """(mmseg state dict, input, converted model's logits, converted model) for a seeded R-50-D8, 19 classes."""
-    from pspnet.weights.convert import convert
-
     import pspnet
+    from pspnet.weights.convert import convert
 
     tmp_path = tmp_path_factory.mktemp("mmseg")
     sd = mmseg_state_dict(seed=250, depth=50, num_classes=MMSEG_CLASSES)

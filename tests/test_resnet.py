@@ -51,7 +51,9 @@ def test_published_channels():
             assert ResNet(depth=depth).channels == [256, 512, 1024, 2048]
 
 
-@pytest.mark.parametrize("depth, blocks", [(18, (2, 2, 2, 2)), (34, (3, 4, 6, 3)), (101, (3, 4, 23, 3)), (152, (3, 8, 36, 3))])
+@pytest.mark.parametrize(
+    "depth, blocks", [(18, (2, 2, 2, 2)), (34, (3, 4, 6, 3)), (101, (3, 4, 23, 3)), (152, (3, 8, 36, 3))]
+)
 def test_blocks_per_stage(depth, blocks):
     with torch.device("meta"):
         net = ResNet(depth=depth)

@@ -180,8 +180,11 @@ def test_rewriting_a_smaller_set_removes_left_over_samples(tmp_path):
     write_synthetic_dataset(tmp_path, train=3, val=2, size=(32, 32))
     assert sorted(p.name for p in (root / "masks" / "train").iterdir()) == ["0000.png", "0001.png", "0002.png"]
     assert sorted(p.name for p in (root / "images" / "train").iterdir()) == [
-        "0000.png", "0001.png", "0002.png", "notes.png"
-    ]  # fmt: skip
+        "0000.png",
+        "0001.png",
+        "0002.png",
+        "notes.png",
+    ]
 
 
 def test_refuses_to_overwrite_another_data_set(tmp_path):
@@ -261,8 +264,8 @@ def patch_keys(images: np.ndarray, k: int = 3, levels: int = 8, std_step: float 
     keys = np.full(images.shape[:3], -1, np.int64)
     p = k // 2
     keys[:, p : images.shape[1] - p, p : images.shape[2] - p] = (
-        ((q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]) * std_levels + qs
-    )
+        (q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]
+    ) * std_levels + qs
     return keys, levels**3 * std_levels
 
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pspnet.constants import IMAGENET_MEAN
 from pspnet.data.transforms import (
     Compose,
     RandomCrop,
@@ -22,7 +23,6 @@ from pspnet.data.transforms import (
     pad_colour,
     paper_train_transform,
 )
-from pspnet.constants import IMAGENET_MEAN
 
 IGNORE = 255
 MEAN_U8 = (124, 116, 104)  # ImageNet mean (123.675, 116.28, 103.53) rounded
@@ -283,7 +283,7 @@ def test_scale_range_is_honoured():
     image, mask = scene(100, 150)
     heights = []
     for seed in range(300):
-        out_image, out_mask = RandScale(scale=(0.5, 2.0))(image, mask, np.random.default_rng(seed))
+        _out_image, out_mask = RandScale(scale=(0.5, 2.0))(image, mask, np.random.default_rng(seed))
         h, w = out_mask.shape
         assert 50 <= h <= 200 and 75 <= w <= 300
         assert abs(h / 100 - w / 150) <= 0.011  # same factor on both axes, up to rounding

@@ -20,8 +20,8 @@ import torch
 import yaml
 from PIL import Image
 
-from pspnet.engine.config import TrainConfig, load_train_config
 from pspnet.data.io import write_mask_png
+from pspnet.engine.config import TrainConfig, load_train_config
 from pspnet.weights.model_file import read_weights_file
 
 REPO = Path(__file__).resolve().parents[1]

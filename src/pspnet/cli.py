@@ -24,7 +24,7 @@ from .constants import __version__
 from .data.classes import DATASETS
 from .data.cli_data import add_data_commands, positive_int
 from .data.datasets import DATASET_READERS
-from .errors import ConfigError, InputError, TrainingStopped
+from .errors import InputError, TrainingStopped
 from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISIONS
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
@@ -54,7 +54,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  {'without aux':<12} {summary.parameters_without_aux:>14,}   (the aux head is used in training only)")
     print(f"\nFeature shapes for an input of (1, 3, {height}, {width}):")
     for name, shape, reduction in summary.shapes:
-        print(f"  {name:<26} {str(shape):<24} 1/{reduction}")
+        print(f"  {name:<26} {shape!s:<24} 1/{reduction}")
     print(f"\nFLOPs of one eval forward at {height}x{width}, batch 1 (FLOPs = 2 x multiply-adds):")
     for part, flops in summary.flops_by_part.items():
         print(f"  {part:<12} {flops / 1e9:>10.2f} GFLOP  ({100 * flops / summary.flops:.0f}%)")
@@ -156,7 +156,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     crop, base = (card.crop_size, card.base_size) if made_here else (info.crop_size, info.base_size)
     if args.base_size is not None:  # the flag wins; "native" keeps each image's size
         base = None if args.base_size == "native" else args.base_size
-    options = {"mode": args.mode, "stride_rate": args.stride_rate, "flip": args.flip or None, "precision": args.precision}
+    options = {
+        "mode": args.mode,
+        "stride_rate": args.stride_rate,
+        "flip": args.flip or None,
+        "precision": args.precision,
+    }
     try:
         settings = InferenceSettings(
             crop_size=tuple(args.crop or crop),
@@ -203,8 +208,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from .engine.config import load_train_config
     from .engine import distributed
+    from .engine.config import load_train_config
     from .engine.train import NonFiniteLossError, train
 
     config_path = args.config
@@ -302,7 +307,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             max_batch=args.batch,
             max_pixels=args.max_pixels,
         )
-    except (CheckpointError, DataError):
+    except InputError:  # a bad file: one line and status 1, by main()
         raise
     except ValueError as error:  # the inference settings: sizes beyond --max-pixels, scales that round to nothing
         print(f"error: {error}", file=sys.stderr)  # "inference settings for CHECKPOINT: ..."
@@ -368,7 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--model", choices=sorted(MODELS), default="pspnet50", help="model name (default: pspnet50)")
     info.add_argument(
-        "--size", nargs=2, type=positive_int, default=(473, 473), metavar=("H", "W"), help="input size (default: 473 473)"
+        "--size",
+        nargs=2,
+        type=positive_int,
+        default=(473, 473),
+        metavar=("H", "W"),
+        help="input size (default: 473 473)",
     )
     info.add_argument("--classes", type=positive_int, default=150, help="number of classes (default: 150, ADE20K)")
     info.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=8, help="output stride (default: 8)")
@@ -523,9 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
     pr.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
     pr.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    pr.add_argument(
-        "--precision", choices=list(PRECISIONS), default="fp32", help="inference precision (default: fp32)"
-    )
+    pr.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="inference precision (default: fp32)")
     pr.add_argument(
         "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
     )
@@ -562,8 +570,7 @@ def one_line(error: BaseException | str) -> str:
         last = lines[-1] if lines else text
         kind = type(error)
         for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
-            if last.startswith(prefix):
-                last = last[len(prefix) :]
+            last = last.removeprefix(prefix)
         text = last
     return " ".join(text.split()) or type(error).__name__
 
@@ -591,7 +598,7 @@ def _os_error(error: OSError) -> str:
     return f"{where}: {error.strerror or one_line(error)}"
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings (ours, Pillow's on a damaged file, PyTorch's) as one ``warning: ...`` line, without the source
     line Python prints under them."""
     print(f"warning: {' '.join(str(message).split())}", file=file if file is not None else sys.stderr)
@@ -628,7 +635,7 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
             raise
         print(f"error: {_os_error(error)}", file=sys.stderr)
         return 1
-    except Exception as error:  # noqa: BLE001 - a bug: one line, and how to get the traceback for a report
+    except Exception as error:
         if debug:
             raise
         print(

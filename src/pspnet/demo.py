@@ -85,7 +85,9 @@ def demo_config(root: Path, **overrides: Any) -> TrainConfig:
 def _prepare(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise FileExistsError(f"{out} is not empty; replace the demo there with force=True (--force), or choose another folder")
+            raise FileExistsError(
+                f"{out} is not empty; replace the demo there with force=True (--force), or choose another folder"
+            )
         unknown = sorted(p.name for p in out.iterdir() if p.name not in _DEMO_OUTPUTS)
         if unknown:
             raise FileExistsError(

@@ -66,9 +66,7 @@ def summarize(model: PSPNet, height: int, width: int) -> ModelSummary:
         model.train(was_training)
     shapes.append(("output (upsampled)", tuple(out.shape), 1))
     counts = counter.get_flop_counts()
-    flops_by_part = {
-        name: int(sum(counts.get(f"PSPNet.{name}", {}).values())) for name in ("backbone", "decode_head")
-    }
+    flops_by_part = {name: int(sum(counts.get(f"PSPNet.{name}", {}).values())) for name in ("backbone", "decode_head")}
     return ModelSummary(
         parameters=total,
         parameters_without_aux=total - params_by_part.get("aux_head", 0),

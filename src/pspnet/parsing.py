@@ -172,7 +172,7 @@ def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that refuses a mapping with a repeated key (PyYAML silently keeps the last value)."""
     import yaml
 
-    return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_unique_key_loader())
 
 
 def metadata_error(path: Any, key: str, rule: str, value: Any) -> CheckpointError:

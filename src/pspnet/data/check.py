@@ -133,7 +133,7 @@ class CheckReport:
         lines.append(f"images: {self.images:,} ({self.masks:,} with masks), read in {self.seconds:.1f} s")
         summary = self.size_summary()
         if summary["distinct"] == 1:
-            (h, w), n = next(iter(self.image_sizes.items()))
+            (h, w), _count = next(iter(self.image_sizes.items()))
             lines.append(f"image sizes (HxW): all {h}x{w}")
         elif summary["distinct"] > 1:
             common = ", ".join(f"{h}x{w} ({n:,})" for h, w, n in summary["most_common"])

@@ -536,8 +536,9 @@ class VOC(SegmentationDataset):
         list_file = base / "ImageSets" / "Segmentation" / f"{self.split}.txt"
         if not list_file.is_file():
             hint = " (make it with 'pspnet data prepare voc-aug')" if self.split == "train_aug" else ""
-            raise LayoutError("missing_list", list_file, f"{list_file}: VOC list file of split {self.split!r} not "
-                              f"found{hint}")  # fmt: skip
+            raise LayoutError(
+                "missing_list", list_file, f"{list_file}: VOC list file of split {self.split!r} not found{hint}"
+            )
         image_dir = _require_dir(base / "JPEGImages", "missing_folder", "VOC image folder")
         mask_folder = "SegmentationClassAug" if self.split == "train_aug" else "SegmentationClass"
         mask_dir = _require_dir(base / mask_folder, "missing_folder", f"VOC mask folder of split {self.split!r}")
@@ -628,8 +629,9 @@ class FolderDataset(SegmentationDataset):
         super().__init__(root, split, transform=transform, seed=seed, strict=strict)
 
     def _scan(self) -> list[Sample]:
-        image_dir = _require_dir(self.root / "images" / self.split, "missing_folder", f"image folder of split "
-                                 f"{self.split!r}")  # fmt: skip
+        image_dir = _require_dir(
+            self.root / "images" / self.split, "missing_folder", f"image folder of split {self.split!r}"
+        )
         mask_dir = self.root / "masks" / self.split
         if not mask_dir.is_dir():
             self.layout_problems.append(

@@ -115,7 +115,7 @@ def class_table() -> str:
     """The classes as a printable table: id, name, mask colour and what decides the label."""
     lines = [f"{'id':>3}  {'class':<9} {'colour':<16} role"]
     for i, c in enumerate(CLASSES):
-        lines.append(f"{i:>3}  {c.name:<9} {str(list(c.color)):<16} {c.role}")
+        lines.append(f"{i:>3}  {c.name:<9} {list(c.color)!s:<16} {c.role}")
     return "\n".join(lines)
 
 

@@ -89,7 +89,7 @@ def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
         data = scipy_io.loadmat(path, squeeze_me=True, struct_as_record=False)
     except FileNotFoundError:
         raise DataError(f"{path}: SBD .mat file not found") from None
-    except Exception as error:  # noqa: BLE001 - scipy raises ValueError, TypeError, MatReadError...
+    except Exception as error:
         raise DataError(f"{path}: cannot read the SBD .mat file: {error}") from error
     if "GTcls" not in data:
         raise DataError(f"{path}: no 'GTcls' struct (keys: {sorted(k for k in data if not k.startswith('__'))})")

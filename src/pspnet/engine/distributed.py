@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -39,7 +39,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -99,7 +99,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def gather_objects(obj: object) -> list[object]:
     """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` in a single process)."""
-    rank, world = rank_and_world()
+    _rank, world = rank_and_world()
     if world == 1:
         return [obj]
     out: list[object] = [None] * world

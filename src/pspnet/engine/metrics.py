@@ -252,7 +252,7 @@ class ConfusionMatrix(_Reducible):
 
 def boundary_width(height: int, width: int, dilation_ratio: float = BOUNDARY_DILATION_RATIO) -> int:
     """Band width d in pixels: ``max(1, round(dilation_ratio * sqrt(H^2 + W^2)))`` as in Cheng et al. 2021."""
-    return max(1, int(round(dilation_ratio * math.sqrt(height**2 + width**2))))
+    return max(1, round(dilation_ratio * math.sqrt(height**2 + width**2)))
 
 
 def _window_uniform(labels: Tensor, d: int) -> Tensor:

@@ -112,4 +112,6 @@ def build_model(config: ModelConfig) -> PSPNet:
 
 # The models by name, for code that picks one by a string (``pspnet info``): ``MODELS["pspnet101"](num_classes=19)``
 # is the official PSPNet101 (deep stem, output stride 8, aux head); every keyword of PSPNet may be passed.
-MODELS: dict[str, Callable[..., PSPNet]] = {f"pspnet{depth}": partial(PSPNet, depth=depth) for depth in (18, 34, 50, 101, 152)}
+MODELS: dict[str, Callable[..., PSPNet]] = {
+    f"pspnet{depth}": partial(PSPNet, depth=depth) for depth in (18, 34, 50, 101, 152)
+}

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 __all__ = [
-    "STEMS",
     "STAGE_BLOCKS",
+    "STEMS",
     "BasicBlock",
     "Bottleneck",
     "FeatureInfo",
@@ -234,4 +234,3 @@ def output_size(size: int, reduction: int) -> int:
 def count_trainable(module: nn.Module) -> int:
     """Number of trainable parameters (BatchNorm running statistics are buffers and not counted)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import temporary_beside
-from ..errors import InputError, DataError
+from ..errors import DataError, InputError
 from ..inference import check_image_size
 from ..segmenter import Segmenter, as_rgb_array
 from ..visualize import colorize, overlay

@@ -29,9 +29,9 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from ..models.config import ModelConfig
 from ..data.classes import DATASETS, dataset_for_classes
 from ..errors import ConversionError
+from ..models.config import ModelConfig
 from ..models.pspnet import build_model
 from ..models.resnet import STAGE_BLOCKS, STEMS, ResNet
 from .model_file import FORMAT_VERSION, key_mismatches, make_card, write_model_file, write_weights_file
@@ -108,7 +108,7 @@ def rename_keys(keys: list[str], rules: Rules) -> tuple[dict[str, str], list[str
     mapping: dict[str, str] = {}
     unmatched: list[str] = []
     for key in keys:
-        bare = key[len("module.") :] if key.startswith("module.") else key
+        bare = key.removeprefix("module.")
         for pattern, replacement in rules:
             if re.match(pattern, bare):
                 mapping[key] = re.sub(pattern, replacement, bare, count=1)
@@ -131,7 +131,7 @@ def load_foreign_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         try:
             return dict(safetensors.torch.load_file(path))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ...
             raise ConversionError(f"{path}: not a readable safetensors file: {error}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -141,7 +141,7 @@ def load_foreign_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             f"{path}: refused to unpickle - the file holds objects other than tensors and plain containers, "
             f"which could run code ({first})"
         ) from None
-    except Exception as error:  # truncated zip, not a pickle at all, ...
+    except Exception as error:  # noqa: BLE001 - a truncated zip, not a pickle at all: torch raises many kinds
         raise ConversionError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupted?): {error}") from None
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model"):

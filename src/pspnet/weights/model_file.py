@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,11 @@ from ..atomic import atomic_open
 from ..constants import IMAGENET_MEAN, IMAGENET_STD, MAX_CLASSES, __version__
 from ..data.classes import DATASETS, DatasetInfo, default_palette
 from ..errors import CheckpointError
-from ..models.card import CARD_KEYS, ModelCard
+from ..models.card import ModelCard
 from ..models.config import ModelConfig
 from ..models.pspnet import PSPNet, build_model
 from ..models.resnet import ResNet
-from ..parsing import check_keys, is_int, is_rgb, metadata_error, shown
+from ..parsing import is_int, is_rgb, metadata_error, shown
 
 __all__ = [
     "ENVELOPE_KEYS",
@@ -250,7 +250,7 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
         raise CheckpointError(f"{path}: not a readable safetensors file (garbled header; truncated or corrupted?)")
     try:
         tensors = safetensors.torch.load(data)
-    except Exception as error:  # safetensors raises its own SafetensorError; json a ValueError
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError; json a ValueError
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupted?): {error}") from None
     raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if raw is None:

@@ -18,7 +18,10 @@ setup: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/pspnet demo --out runs/demo --force
 
+# Lint and format checks first (seconds), then the suite.
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 clean:

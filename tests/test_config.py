@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+import pspnet
 from pspnet.atomic import atomic_open
 from pspnet.cli import main
 from pspnet.engine.config import load_train_config
@@ -65,3 +66,14 @@ def test_bad_device_and_numbers_are_usage_errors(capsys):
         assert done.value.code == 2
     err = capsys.readouterr().err
     assert "not a device: 'gpu0'" in err and "must be in (0, 1]" in err and "must be a finite positive number" in err
+
+
+def test_the_models_keys_sit_flat_in_yaml_and_gather_in_model(tmp_path):
+    config = load_train_config(None, [*BASE, "depth=18", "ppm=false", "bins=[1, 2]"])
+    assert config.model == pspnet.ModelConfig(num_classes=None, depth=18, ppm=False, bins=(1, 2))
+    flat = config.to_dict()
+    assert flat["depth"] == 18 and flat["bins"] == [1, 2] and "model" not in flat and "num_classes" not in flat
+    assert load_train_config(None, [f"{k}={v!r}" for k, v in flat.items() if v is not None]) == config
+    assert config.model_config(11) == pspnet.ModelConfig(num_classes=11, depth=18, ppm=False, bins=(1, 2))
+    with pytest.raises(ConfigError, match="overrides: num_classes must be an integer in"):
+        load_train_config(None, [*BASE, "num_classes=0"])

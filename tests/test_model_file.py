@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -7,7 +8,7 @@ import torch
 from conftest import tiny_pspnet
 
 import pspnet
-from pspnet.data.classes import DATASETS
+from pspnet.data.classes import DATASETS, DatasetInfo
 from pspnet.errors import CheckpointError
 from pspnet.runs import resolve_model_path
 from pspnet.weights.model_file import (
@@ -214,3 +215,27 @@ def test_header_lengths_that_start_like_a_pickle_or_zip_still_load(tmp_path, tar
     assert path.read_bytes()[:2] in (b"\x80\x03", b"PK")
     loaded, meta = read_weights_file(path)
     assert meta["note"] == "x" * pad and torch.equal(loaded["w"], tensors["w"])
+
+
+def test_the_model_card_round_trips_through_its_one_parser():
+    card = make_card(tiny_pspnet(11).config, dataset="camvid", source={"from": "test"})
+    assert pspnet.ModelCard.from_dict(card.to_dict(), "card") == card
+    assert card.classes == DATASETS["camvid"].classes and card.crop_size == (360, 480) and card.base_size == 480
+    # a card built in code is checked by the same rules when it is written
+    bad = dataclasses.replace(card, mean=(0.0, 300.0, 0.0))
+    with pytest.raises(CheckpointError, match=r"card: metadata normalization\.mean\[1\] must be a number in \[0, 255\]"):
+        bad.checked("card")
+
+
+def test_make_card_takes_a_folder_data_sets_facts():
+    info = DatasetInfo("potholes", ("road", "pothole"), ((0, 0, 0), (255, 0, 0)), (64, 96), 128, ignore_index=7)
+    card = make_card(tiny_pspnet(2).config, dataset=info)
+    assert (card.dataset, card.classes, card.palette) == ("potholes", info.classes, info.palette)
+    assert (card.crop_size, card.base_size, card.ignore_index) == ((64, 96), 128, 7)
+
+
+def test_meta_is_the_cards_dict_and_a_model_without_a_card_has_none():
+    model = tiny_pspnet(3)
+    assert model.card is None and model.meta == {}
+    model.card = make_card(model.config)
+    assert model.meta == model.card.to_dict() and model.meta["classes"] == ["class_0", "class_1", "class_2"]

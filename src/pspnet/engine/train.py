@@ -34,7 +34,7 @@ import time
 import warnings
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class _StopRequest:
         if self.signum is None:
             self.signum = signum
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 if signal.getsignal(signum) is not signal.SIG_IGN:

@@ -32,6 +32,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
@@ -55,23 +57,31 @@ from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, make_meta
 from . import distributed
 from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, rng_state, save_checkpoint
-from .losses import label_weight_sum, loss_sum, median_frequency_weights
+from .losses import AUX_WEIGHT, IGNORE_INDEX, label_weight_sum, loss_sum, median_frequency_weights
 
 __all__ = [
     "NonFiniteLossError",
+    "StepSettings",
     "TrainingStopped",
     "class_pixel_statistics",
     "param_groups",
     "poly_lr",
     "step_batches",
     "train",
+    "train_step",
 ]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+    """The loss, or the weights, became NaN or infinite. From :func:`train` the message names the iteration and the
+    last good checkpoint; ``loss`` is the step's non-finite mean loss (None when the weights were found non-finite).
+    """
+
+    def __init__(self, message: str, *, loss: float | None = None) -> None:
+        super().__init__(message)
+        self.loss = loss
 
 
 class _StopRequest:
@@ -159,6 +169,107 @@ def _freeze_batchnorm(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+@dataclass(frozen=True, eq=False)
+class StepSettings:
+    """What one optimiser step (:func:`train_step`) needs besides the model, the optimiser and the batches.
+
+    ``class_weights`` (K,) is in the model's parameter dtype on its device (None: every labelled pixel counts 1);
+    ``autocast_dtype`` None runs the forward in the parameter dtype; ``world_size`` is the number of processes
+    that share the step (more than 1 only under an initialised process group, with the model wrapped in
+    DistributedDataParallel).
+    """
+
+    aux_weight: float = AUX_WEIGHT
+    ignore_index: int = IGNORE_INDEX
+    class_weights: torch.Tensor | None = None
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    freeze_bn: bool = False
+    world_size: int = 1
+
+    @classmethod
+    def from_config(
+        cls, config: TrainConfig, *, world_size: int = 1, class_weights: torch.Tensor | None = None
+    ) -> StepSettings:
+        """The settings of ``config``'s steps (aux weight, ignore index, precision, memory layout, frozen BN)."""
+        return cls(
+            aux_weight=config.aux_weight,
+            ignore_index=config.ignore_index,
+            class_weights=class_weights,
+            autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision),
+            channels_last=config.channels_last,
+            freeze_bn=config.freeze_bn,
+            world_size=world_size,
+        )
+
+
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    micro_batches: Sequence[dict[str, torch.Tensor]],
+    settings: StepSettings,
+    *,
+    forward: Callable[[torch.Tensor], Any] | None = None,
+) -> float:
+    """One optimiser step over ``micro_batches`` (this process's share of the step); returns the step's mean loss.
+
+    ``net`` is the PSPNet, or under torchrun the DistributedDataParallel that wraps it; ``forward`` is what computes
+    its outputs (``net`` itself, or ``torch.compile(net)``). Each micro-batch is a collated batch ``{"image": uint8
+    (N, 3, H, W) RGB in [0, 255], "mask": int64 (N, H, W)}``; their number is the accumulation. The step runs at the
+    learning rates ``optimizer``'s groups hold (:func:`train` sets them by :func:`poly_lr` before each step).
+
+    Every micro-batch's summed loss (:func:`~pspnet.engine.losses.loss_sum`, forward under autocast) is divided by
+    the labelled pixels (or their class weights) of the whole step, all micro-batches and processes, and
+    multiplied by the number of processes (DistributedDataParallel averages the gradients over them); gradients are
+    exchanged after the last micro-batch only. The mean loss is summed over processes in float64. When it is NaN or
+    infinite, :class:`NonFiniteLossError` is raised before the optimiser steps (the gradients stay in place).
+    Single-process use needs no process group: the reductions are then the identity.
+    """
+    forward = net if forward is None else forward
+    parameter = next(net.parameters())
+    device, param_dtype = parameter.device, parameter.dtype
+    targets = [m["mask"].to(device, non_blocking=True) for m in micro_batches]
+    labelled = sum(
+        label_weight_sum(t, ignore_index=settings.ignore_index, class_weights=settings.class_weights) for t in targets
+    )
+    labelled = distributed.all_reduce_sum(labelled)
+    labelled = torch.where(labelled > 0, labelled, torch.ones_like(labelled))  # all ignored: loss 0, not NaN
+    net.train()
+    if settings.freeze_bn:
+        _freeze_batchnorm(net)
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = torch.zeros((), dtype=torch.float64, device=device)
+    autocast_dtype = settings.autocast_dtype
+    for j, (batch, target) in enumerate(zip(micro_batches, targets)):
+        images = normalize(batch["image"].to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD, dtype=param_dtype)
+        if settings.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        sync = contextlib.nullcontext()
+        if settings.world_size > 1 and j < len(micro_batches) - 1:
+            sync = net.no_sync()  # type: ignore[operator]
+        with sync:
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                outputs = forward(images)
+            total_loss = loss_sum(
+                outputs,
+                target,
+                aux_weight=settings.aux_weight,
+                ignore_index=settings.ignore_index,
+                class_weights=settings.class_weights,
+            )
+            # DDP averages gradients over processes: scale by world size to get the step's mean loss
+            scaler.scale(total_loss * (settings.world_size / labelled).to(total_loss.dtype)).backward()
+        step_loss += total_loss.detach().double()
+    step_loss = distributed.all_reduce_sum(step_loss) / labelled
+    loss_value = float(step_loss)
+    if not math.isfinite(loss_value):
+        raise NonFiniteLossError(f"the loss became {loss_value}; the optimiser step was not taken", loss=loss_value)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_value
 
 
 class _Log:
@@ -309,9 +420,7 @@ def train(
         distributed.cleanup()
 
 
-def _train(
-    config: TrainConfig, out: Path, resume: str | Path | None, progress: bool, dist, stop: _StopRequest
-) -> Path:
+def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: bool, dist, stop: _StopRequest) -> Path:
     device = dist.device
     if config.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device (loss scaling); use bf16 on the CPU")
@@ -419,7 +528,7 @@ def _train(
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(net) if config.compile else net
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    step_settings = StepSettings.from_config(config, world_size=dist.world_size, class_weights=class_weights)
 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -517,52 +626,18 @@ def _train(
             iteration = state.iteration + 1
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], iteration, total, config.poly_power)
-            targets = [m["mask"].to(device, non_blocking=True) for m in micro]
-            labelled = sum(
-                label_weight_sum(t, ignore_index=config.ignore_index, class_weights=class_weights) for t in targets
-            )
-            labelled = distributed.all_reduce_sum(labelled)
-            labelled = torch.where(labelled > 0, labelled, torch.ones_like(labelled))  # all ignored: loss 0, not NaN
-            net.train()
-            if config.freeze_bn:
-                _freeze_batchnorm(net)
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), dtype=torch.float64, device=device)
-            for j, (batch, target) in enumerate(zip(micro, targets)):
-                images = normalize(
-                    batch["image"].to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD, dtype=param_dtype
-                )
-                if config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                sync = contextlib.nullcontext()
-                if dist.distributed and j < config.accumulate - 1:
-                    sync = net.no_sync()  # type: ignore[operator]
-                with sync:
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        outputs = forward(images)
-                    total_loss = loss_sum(
-                        outputs,
-                        target,
-                        aux_weight=config.aux_weight,
-                        ignore_index=config.ignore_index,
-                        class_weights=class_weights,
-                    )
-                    # DDP averages gradients over processes: scale by world size to get the step's mean loss
-                    scaler.scale(total_loss * (dist.world_size / labelled).to(total_loss.dtype)).backward()
-                step_loss += total_loss.detach().double()
-            step_loss = distributed.all_reduce_sum(step_loss) / labelled
-            loss_value = float(step_loss)
-            if not math.isfinite(loss_value):
+            try:
+                loss_value = train_step(net, optimizer, scaler, micro, step_settings, forward=forward)
+            except NonFiniteLossError as error:
                 bar.close()
                 if log is not None:
-                    log.write({"iteration": iteration, "event": "non-finite loss", "loss": str(loss_value)})
+                    log.write({"iteration": iteration, "event": "non-finite loss", "loss": str(error.loss)})
                 raise NonFiniteLossError(
-                    f"the loss became {loss_value} at iteration {iteration}; stopped without saving it. Last good "
+                    f"the loss became {error.loss} at iteration {iteration}; stopped without saving it. Last good "
                     f"checkpoint: {last_good or 'none (no checkpoint was written yet)'}; resume from it with "
-                    f"--resume after lowering lr or switching precision"
-                )
-            scaler.step(optimizer)
-            scaler.update()
+                    f"--resume after lowering lr or switching precision",
+                    loss=error.loss,
+                ) from None
             state.iteration = iteration
             state.step_in_epoch = iteration % steps_per_epoch
             state.epoch = iteration // steps_per_epoch

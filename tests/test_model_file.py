@@ -223,7 +223,9 @@ def test_the_model_card_round_trips_through_its_one_parser():
     assert card.classes == DATASETS["camvid"].classes and card.crop_size == (360, 480) and card.base_size == 480
     # a card built in code is checked by the same rules when it is written
     bad = dataclasses.replace(card, mean=(0.0, 300.0, 0.0))
-    with pytest.raises(CheckpointError, match=r"card: metadata normalization\.mean\[1\] must be a number in \[0, 255\]"):
+    with pytest.raises(
+        CheckpointError, match=r"card: metadata normalization\.mean\[1\] must be a number in \[0, 255\]"
+    ):
         bad.checked("card")
 
 

@@ -31,8 +31,8 @@ from train_helpers import (
     stop_group,
     tiny_config,
     torchrun_command,
-    training_rtol,
     train_records,
+    training_rtol,
     val_records,
     wait_for,
     weights,
@@ -41,17 +41,17 @@ from train_helpers import (
 
 import pspnet
 from pspnet.cli import main
-from pspnet.engine.config import load_train_config
-from pspnet.errors import ConfigError
 from pspnet.data.datasets import build_dataset
 from pspnet.data.io import read_mask
 from pspnet.engine import checkpoint as checkpoint_module
 from pspnet.engine import train as train_module
+from pspnet.engine.config import load_train_config
 from pspnet.engine.evaluate import evaluate
 from pspnet.engine.losses import loss_sum, median_frequency_weights
 from pspnet.engine.train import NonFiniteLossError, class_pixel_statistics, param_groups, poly_lr, train
+from pspnet.errors import ConfigError
 from pspnet.inference import InferenceSettings
-from pspnet.weights.model_file import read_weights_file, write_weights_file
+from pspnet.weights.model_file import model_metadata, read_weights_file, write_weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,8 +67,8 @@ def float64(monkeypatch):
     above their rounding (tests/rounding.py) on every CPU. Model files hold float32/16 weights only (save_model
     refuses float64), so these runs write their checkpoints' weights with the plain tensor writer."""
 
-    def save_raw(model, path, *, meta):
-        return write_weights_file(path, model.state_dict(), {**meta, "kind": "model"})
+    def save_raw(model, path, *, card):
+        return write_weights_file(path, model.state_dict(), model_metadata(card))
 
     monkeypatch.setattr(checkpoint_module, "save_model", save_raw)
     before = torch.get_default_dtype()
@@ -259,7 +259,9 @@ def test_median_frequency_weighting_is_logged_and_split_independent(tmp_path, da
     rtol = training_rtol(data_root, steps=3)
     assert_close_tensors(weights(two / "model.safetensors"), one_weights, rtol=rtol)
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "median_frequency_weights", lambda *a: [8 * w for w in median_frequency_weights(*a)])
+        patch.setattr(
+            train_module, "median_frequency_weights", lambda *a: [8 * w for w in median_frequency_weights(*a)]
+        )
         scaled = train(tiny_config(data_root, accumulate=1, **weighted), tmp_path / "w8", progress=False)
     assert_close_tensors(weights(scaled / "model.safetensors"), one_weights, rtol=rtol)
     logged = [r for r in read_log(tmp_path / "w1") if r.get("event") == "class weights"]
@@ -317,7 +319,10 @@ def test_ddp_two_processes_equal_one_process_accumulating(tmp_path, data_root):
     reference = train(tiny_config(data_root, accumulate=2, **common), tmp_path / "single", progress=False)
     assert checkpoints(tmp_path / "ddp") == [4]
     assert_equal_tensors(weights(tmp_path / "ddp/ckpt_4/model.safetensors"), weights(reference / "model.safetensors"))
-    ddp_state, single_state = weights(tmp_path / "ddp/ckpt_4/state.safetensors"), weights(reference / "state.safetensors")
+    ddp_state, single_state = (
+        weights(tmp_path / "ddp/ckpt_4/state.safetensors"),
+        weights(reference / "state.safetensors"),
+    )
     momentum = [k for k in single_state if k.startswith("optimizer.")]
     assert momentum
     assert_equal_tensors({k: ddp_state[k] for k in momentum}, {k: single_state[k] for k in momentum})
@@ -652,7 +657,7 @@ def test_backbone_init_loads_the_imagenet_file_before_training(tmp_path, data_ro
 def test_channels_last_training_matches_the_default_layout(tmp_path, data_root, float64):
     """The memory layout changes only the order of the float operations: in float64, two steps in channels_last
     end within the rounding bound of two steps of this network (tests/rounding.py) of the default layout's."""
-    base = dict(iterations=2, freeze_bn=True, dropout=0.0, val_split=None)
+    base = {"iterations": 2, "freeze_bn": True, "dropout": 0.0, "val_split": None}
     train(tiny_config(data_root, **base), tmp_path / "a", progress=False)
     train(tiny_config(data_root, channels_last=True, **base), tmp_path / "b", progress=False)
     assert_close_tensors(

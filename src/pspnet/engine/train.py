@@ -19,6 +19,12 @@ checkpoint of its last completed step by the usual path (no validation) and rais
 ``pspnet train`` turns into the resume command and exit status 143 (SIGTERM) or 130 (SIGINT). Every checkpoint
 written is recorded in ``RUN/log.jsonl`` (``{"iteration": N, "event": "checkpoint", "path": "ckpt_N"}``), so that a
 ``--resume`` of a run whose checkpoints are gone is refused instead of silently starting again.
+
+A run goes in named steps: :func:`set_up_run` builds a :class:`TrainingRun` from a TrainConfig (data sets, model,
+optimiser, grad scaler, class weights, resumed state, log); :func:`train_step` is one optimiser step, the code the
+loop of :func:`train` runs and the one a benchmark times (a model, an SGD optimiser from :func:`param_groups`, a
+grad scaler, batches and :class:`StepSettings` are all it needs: no data set, run directory or process group);
+after each step the loop logs, validates, checkpoints and checks for a stop signal when due.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NoReturn, Self
 
 import numpy as np
 import torch
@@ -45,7 +53,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..atomic import atomic_open
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..data.datasets import SegmentationDataset, build_dataset, collate
 from ..data.io import read_mask
 from ..data.transforms import paper_train_transform
@@ -54,25 +62,35 @@ from ..inference import InferenceSettings, normalize, resolve_device
 from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import load_backbone_weights, make_card
 from . import distributed
-from .config import TrainConfig
 from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, rng_state, save_checkpoint
-from .losses import label_weight_sum, loss_sum, median_frequency_weights
+from .config import TrainConfig
+from .losses import AUX_WEIGHT, label_weight_sum, loss_sum, median_frequency_weights
 
 __all__ = [
     "NonFiniteLossError",
+    "StepSettings",
+    "TrainingRun",
     "TrainingStopped",
     "class_pixel_statistics",
     "param_groups",
     "poly_lr",
+    "set_up_run",
     "step_batches",
     "train",
+    "train_step",
 ]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+    """The loss, or the weights, became NaN or infinite. From :func:`train` the message names the iteration and the
+    last good checkpoint; ``loss`` is the step's non-finite mean loss (None when the weights were found non-finite).
+    """
+
+    def __init__(self, message: str, *, loss: float | None = None) -> None:
+        super().__init__(message)
+        self.loss = loss
 
 
 class _StopRequest:
@@ -92,7 +110,7 @@ class _StopRequest:
         if self.signum is None:
             self.signum = signum
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 if signal.getsignal(signum) is not signal.SIG_IGN:
@@ -160,6 +178,107 @@ def _freeze_batchnorm(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+@dataclass(frozen=True, eq=False)
+class StepSettings:
+    """What one optimiser step (:func:`train_step`) needs besides the model, the optimiser and the batches.
+
+    ``class_weights`` (K,) is in the model's parameter dtype on its device (None: every labelled pixel counts 1);
+    ``autocast_dtype`` None runs the forward in the parameter dtype; ``world_size`` is the number of processes
+    that share the step (more than 1 only under an initialised process group, with the model wrapped in
+    DistributedDataParallel).
+    """
+
+    aux_weight: float = AUX_WEIGHT
+    ignore_index: int = IGNORE_INDEX
+    class_weights: torch.Tensor | None = None
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    freeze_bn: bool = False
+    world_size: int = 1
+
+    @classmethod
+    def from_config(
+        cls, config: TrainConfig, *, world_size: int = 1, class_weights: torch.Tensor | None = None
+    ) -> StepSettings:
+        """The settings of ``config``'s steps (aux weight, ignore index, precision, memory layout, frozen BN)."""
+        return cls(
+            aux_weight=config.aux_weight,
+            ignore_index=config.ignore_index,
+            class_weights=class_weights,
+            autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision),
+            channels_last=config.channels_last,
+            freeze_bn=config.freeze_bn,
+            world_size=world_size,
+        )
+
+
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    micro_batches: Sequence[dict[str, torch.Tensor]],
+    settings: StepSettings,
+    *,
+    forward: Callable[[torch.Tensor], Any] | None = None,
+) -> float:
+    """One optimiser step over ``micro_batches`` (this process's share of the step); returns the step's mean loss.
+
+    ``net`` is the PSPNet, or under torchrun the DistributedDataParallel that wraps it; ``forward`` is what computes
+    its outputs (``net`` itself, or ``torch.compile(net)``). Each micro-batch is a collated batch ``{"image": uint8
+    (N, 3, H, W) RGB in [0, 255], "mask": int64 (N, H, W)}``; their number is the accumulation. The step runs at the
+    learning rates ``optimizer``'s groups hold (:func:`train` sets them by :func:`poly_lr` before each step).
+
+    Every micro-batch's summed loss (:func:`~pspnet.engine.losses.loss_sum`, forward under autocast) is divided by
+    the labelled pixels (or their class weights) of the whole step, all micro-batches and processes, and
+    multiplied by the number of processes (DistributedDataParallel averages the gradients over them); gradients are
+    exchanged after the last micro-batch only. The mean loss is summed over processes in float64. When it is NaN or
+    infinite, :class:`NonFiniteLossError` is raised before the optimiser steps (the gradients stay in place).
+    Single-process use needs no process group: the reductions are then the identity.
+    """
+    forward = net if forward is None else forward
+    parameter = next(net.parameters())
+    device, param_dtype = parameter.device, parameter.dtype
+    targets = [m["mask"].to(device, non_blocking=True) for m in micro_batches]
+    labelled = sum(
+        label_weight_sum(t, ignore_index=settings.ignore_index, class_weights=settings.class_weights) for t in targets
+    )
+    labelled = distributed.all_reduce_sum(labelled)
+    labelled = torch.where(labelled > 0, labelled, torch.ones_like(labelled))  # all ignored: loss 0, not NaN
+    net.train()
+    if settings.freeze_bn:
+        _freeze_batchnorm(net)
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = torch.zeros((), dtype=torch.float64, device=device)
+    autocast_dtype = settings.autocast_dtype
+    for j, (batch, target) in enumerate(zip(micro_batches, targets)):
+        images = normalize(batch["image"].to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD, dtype=param_dtype)
+        if settings.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        sync = contextlib.nullcontext()
+        if settings.world_size > 1 and j < len(micro_batches) - 1:
+            sync = net.no_sync()  # type: ignore[operator]
+        with sync:
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                outputs = forward(images)
+            total_loss = loss_sum(
+                outputs,
+                target,
+                aux_weight=settings.aux_weight,
+                ignore_index=settings.ignore_index,
+                class_weights=settings.class_weights,
+            )
+            # DDP averages gradients over processes: scale by world size to get the step's mean loss
+            scaler.scale(total_loss * (settings.world_size / labelled).to(total_loss.dtype)).backward()
+        step_loss += total_loss.detach().double()
+    step_loss = distributed.all_reduce_sum(step_loss) / labelled
+    loss_value = float(step_loss)
+    if not math.isfinite(loss_value):
+        raise NonFiniteLossError(f"the loss became {loss_value}; the optimiser step was not taken", loss=loss_value)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_value
 
 
 class _Log:
@@ -284,6 +403,43 @@ def class_pixel_statistics(dataset: SegmentationDataset, *, progress: bool = Fal
     return class_pixels.tolist(), present_pixels.tolist()
 
 
+@dataclass
+class TrainingRun:
+    """Everything one training run works with, as :func:`set_up_run` builds it from a TrainConfig.
+
+    The loop of :func:`train` advances ``state``; ``last_good`` (the newest checkpoint known to hold finite weights)
+    and ``saved_iteration`` (the iteration of the last checkpoint this run wrote, -1 before the first) follow the
+    checkpoints it writes. ``log`` is None on every process but rank 0.
+    """
+
+    config: TrainConfig
+    out: Path
+    dist: distributed.DistInfo
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset | None
+    micro_batch: int  # images per micro-batch and process
+    steps_per_epoch: int
+    total: int  # optimiser steps of the whole run
+    val_every: int
+    model: PSPNet
+    net: nn.Module  # the model, or the DistributedDataParallel that wraps it
+    forward: Callable[[torch.Tensor], Any]  # net, or torch.compile(net)
+    optimizer: torch.optim.SGD
+    scaler: torch.amp.GradScaler
+    class_weights: torch.Tensor | None  # (K,) in the parameter dtype, on the device
+    step_settings: StepSettings
+    state: TrainState
+    checkpoint: Path | None  # the checkpoint the run resumed from
+    log: _Log | None
+    start_iteration: int
+    last_good: str | None
+    saved_iteration: int = -1
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+
 def train(
     config: TrainConfig,
     out: Path,
@@ -314,10 +470,68 @@ def train(
 
 
 def _train(
-    config: TrainConfig, out: Path, resume: str | Path | None, progress: bool, dist, stop: _StopRequest
+    config: TrainConfig,
+    out: Path,
+    resume: str | Path | None,
+    progress: bool,
+    dist: distributed.DistInfo,
+    stop: _StopRequest,
 ) -> Path:
-    device = dist.device
-    if config.precision == "fp16" and device.type != "cuda":
+    """Set the run up, run its optimiser steps (each followed by logging, validation and checkpoints when due), and
+    finish: the final checkpoint directory, or :class:`TrainingStopped` after a stop signal."""
+    run = set_up_run(config, out, dist, resume=resume, progress=progress)
+    state = run.state
+    bar = tqdm(
+        total=run.total, initial=state.iteration, desc="train", unit="it", disable=not (progress and dist.is_main)
+    )
+    window_images, window_start = 0, time.perf_counter()
+    final: Path | None = None
+    stopped: int | None = None  # the signal the run stops on
+    while state.iteration < run.total and stopped is None:
+        steps, batches = _epoch_batches(run)
+        for _ in steps:
+            started = time.perf_counter()
+            micro = [next(batches) for _ in range(config.accumulate)]
+            stopped = _agreed_stop_signal(stop, run.device)  # a signal during validation, saving or fetching
+            if stopped is not None:  # this step has not started
+                break
+            iteration = state.iteration + 1
+            for group in run.optimizer.param_groups:
+                group["lr"] = poly_lr(group["base_lr"], iteration, run.total, config.poly_power)
+            try:
+                loss_value = train_step(
+                    run.net, run.optimizer, run.scaler, micro, run.step_settings, forward=run.forward
+                )
+            except NonFiniteLossError as error:
+                bar.close()
+                _fail_on_non_finite_loss(run, iteration, error)
+            _count_step(run, iteration, started)
+            window_images += config.batch_size
+            bar.update(1)
+            if iteration % config.log_every == 0 or iteration == run.total:
+                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                _log_step(run, bar, iteration, loss_value, rate)
+                window_images, window_start = 0, time.perf_counter()
+            stopped = _agreed_stop_signal(stop, run.device)  # every process stops after this same step
+            if stopped is not None:
+                break
+            is_best = False
+            if run.val_set is not None and (iteration % run.val_every == 0 or iteration == run.total):
+                is_best = _validate_and_track_best(run, iteration, bar)
+                window_start = time.perf_counter()
+            if iteration % config.checkpoint_every == 0 or iteration == run.total or is_best:
+                final = _save(run, best=is_best)
+                window_start = time.perf_counter()
+        del batches  # shuts the loader's worker processes down now
+    bar.close()
+    if stopped is not None:
+        _stop(run, stopped)
+    return _finish(run, final)
+
+
+def _check_settings(config: TrainConfig, dist: distributed.DistInfo) -> int:
+    """The images of one micro-batch of one process; ConfigError for settings this machine cannot run."""
+    if config.precision == "fp16" and dist.device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device (loss scaling); use bf16 on the CPU")
     global_micro = config.batch_size / (config.accumulate * dist.world_size)
     if global_micro != int(global_micro):
@@ -325,24 +539,17 @@ def _train(
             f"batch_size {config.batch_size} is not divisible by accumulate {config.accumulate} x "
             f"{dist.world_size} processes"
         )
-    micro_batch = int(global_micro)
     if config.tensorboard:  # checked on every process before any collective call
         try:
             importlib.import_module("torch.utils.tensorboard")
         except ImportError:
             raise ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-    torch.manual_seed(config.seed + dist.rank)  # dropout differs per process; data order does not
+    return int(global_micro)
 
-    checkpoint = _resolve_resume(resume, out) if resume is not None else None
-    if resume is not None and dist.is_main and out.is_dir():
-        repair_run_dir(out)
-    if checkpoint is None and out.exists() and latest_checkpoint(out) is not None:  # every process refuses alike
-        raise ConfigError(
-            f"{out} already holds checkpoints; resume it to continue, or choose another run directory", argument="out"
-        )
 
+def _build_datasets(config: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset | None]:
+    """The training split (with the paper's augmentation) and the validation split (None without ``val_split``);
+    ConfigError for a split with unlabelled images or an ignore index the data set does not use."""
     augment = paper_train_transform(
         crop_size=tuple(config.crop_size),
         scale=tuple(config.scale_range),
@@ -364,9 +571,71 @@ def _train(
                 f"split {split_set.split!r} of {config.root} has {len(unlabelled)} image(s) without masks (e.g. "
                 f"{unlabelled[0]}); training and validation need labelled splits"
             )
+    if train_set.info.ignore_index != config.ignore_index:
+        raise ConfigError(
+            f"ignore_index {config.ignore_index} differs from the data set's {train_set.info.ignore_index}"
+        )
+    return train_set, val_set
+
+
+def _open_log(
+    config: TrainConfig,
+    out: Path,
+    *,
+    checkpoint: Path | None,
+    state: TrainState,
+    class_weights: torch.Tensor | None,
+    classes: Sequence[str],
+    progress: bool,
+) -> _Log:
+    """Rank 0's ``out/log.jsonl``: cut back to the checkpoint a resumed run continues from, or (a run starting at
+    iteration 0) begun afresh with an older log kept aside; a new run's class weights are its first record."""
+    resume_from = state.iteration if checkpoint is not None else None  # drop what a killed run logged later
+    if checkpoint is None and (out / "log.jsonl").is_file():  # starting again: keep the old log, do not mix it in
+        aside = _keep_log_aside(out / "log.jsonl")
+        print(f"{out / 'log.jsonl'} kept as {aside}: this run starts again from iteration 0", file=sys.stderr)
+    log = _Log(out / "log.jsonl", resume_from=resume_from, tensorboard=config.tensorboard)
+    if class_weights is not None:
+        named = {name: round(float(w), 4) for name, w in zip(classes, class_weights.tolist())}
+        if state.iteration == 0:
+            log.write({"iteration": 0, "event": "class weights", "class_weights": named})
+        if progress:
+            tqdm.write("class weights (median frequency): " + ", ".join(f"{n} {w:.3g}" for n, w in named.items()))
+    return log
+
+
+def set_up_run(
+    config: TrainConfig,
+    out: Path,
+    dist: distributed.DistInfo,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> TrainingRun:
+    """Everything the run by ``config`` into ``out`` needs, on the device and in the process group of ``dist``.
+
+    Checks the settings, seeds the random number generators (``seed + rank``), finds the checkpoint to resume from
+    (``resume``: see :func:`train`), builds the data sets, the model and its metadata, the optimiser, the grad
+    scaler and the class weights, restores a resumed run's state, wraps the model for DDP (and torch.compile), and
+    on rank 0 writes ``out/config.yaml`` and opens ``out/log.jsonl``. Raises ConfigError for settings or a run
+    directory it cannot use.
+    """
+    device = dist.device
+    micro_batch = _check_settings(config, dist)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed + dist.rank)  # dropout differs per process; data order does not
+
+    checkpoint = _resolve_resume(resume, out) if resume is not None else None
+    if resume is not None and dist.is_main and out.is_dir():
+        repair_run_dir(out)
+    if checkpoint is None and out.exists() and latest_checkpoint(out) is not None:  # every process refuses alike
+        raise ConfigError(
+            f"{out} already holds checkpoints; resume it to continue, or choose another run directory", argument="out"
+        )
+
+    train_set, val_set = _build_datasets(config)
     info = train_set.info
-    if info.ignore_index != config.ignore_index:
-        raise ConfigError(f"ignore_index {config.ignore_index} differs from the data set's {info.ignore_index}")
     steps_per_epoch = len(train_set) // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"the training split has {len(train_set)} images, fewer than batch_size {config.batch_size}")
@@ -399,7 +668,7 @@ def _train(
         changed = sorted(k for k, v in config.to_dict().items() if k in saved_config and saved_config[k] != v)
         if changed and dist.is_main:  # allowed (e.g. more workers), but the result is then not the same run
             warnings.warn(
-                f"resuming {checkpoint} with changed settings {changed}: not an exact continuation", stacklevel=2
+                f"resuming {checkpoint} with changed settings {changed}: not an exact continuation", stacklevel=3
             )
     class_weights = None
     if config.class_weighting == "median_frequency":
@@ -418,224 +687,220 @@ def _train(
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(net) if config.compile else net
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
 
+    log = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_open(out / "config.yaml", "w") as handle:
             handle.write(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    log = None
+        log = _open_log(
+            config,
+            out,
+            checkpoint=checkpoint,
+            state=state,
+            class_weights=class_weights,
+            classes=info.classes,
+            progress=progress,
+        )
+    return TrainingRun(
+        config=config,
+        out=out,
+        dist=dist,
+        train_set=train_set,
+        val_set=val_set,
+        micro_batch=micro_batch,
+        steps_per_epoch=steps_per_epoch,
+        total=total,
+        val_every=config.val_every or config.checkpoint_every,
+        model=model,
+        net=net,
+        forward=forward,
+        optimizer=optimizer,
+        scaler=scaler,
+        class_weights=class_weights,
+        step_settings=StepSettings.from_config(config, world_size=dist.world_size, class_weights=class_weights),
+        state=state,
+        checkpoint=checkpoint,
+        log=log,
+        start_iteration=state.iteration,
+        last_good=str(checkpoint) if checkpoint is not None else None,
+    )
+
+
+def _epoch_batches(run: TrainingRun) -> tuple[list[list[list[int]]], Iterator[dict[str, torch.Tensor]]]:
+    """The steps left in the current epoch (index lists, see :func:`step_batches`) and an iterator over their
+    collated micro-batches, in order, from a DataLoader started for this epoch."""
+    config, state = run.config, run.state
+    epoch, first = divmod(state.iteration, run.steps_per_epoch)
+    state.epoch = epoch
+    run.train_set.set_epoch(epoch)
+    steps = step_batches(
+        len(run.train_set),
+        seed=config.seed,
+        epoch=epoch,
+        micro_batch=run.micro_batch,
+        accumulate=config.accumulate,
+        rank=run.dist.rank,
+        world_size=run.dist.world_size,
+    )[first : first + (run.total - state.iteration)]
+    loader = DataLoader(
+        run.train_set,
+        batch_sampler=[micro for step in steps for micro in step],
+        num_workers=config.workers,
+        collate_fn=collate,
+        pin_memory=run.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG (dropout) untouched
+        worker_init_fn=_ignore_stop_signals,
+    )
+    return steps, iter(loader)
+
+
+def _agreed_stop_signal(stop: _StopRequest, device: torch.device) -> int | None:
+    """The signal every process acts on now (the largest one any received: SIGTERM before SIGINT), or None.
+
+    A collective call: every process makes it at the same points of the loop."""
+    flag = torch.tensor([stop.signum or 0], dtype=torch.int64, device=device)
+    agreed = int(distributed.all_reduce_max(flag)[0])
+    return agreed or None
+
+
+def _fail_on_non_finite_loss(run: TrainingRun, iteration: int, error: NonFiniteLossError) -> NoReturn:
+    """Log the non-finite loss of step ``iteration`` and raise NonFiniteLossError naming the last good checkpoint."""
+    if run.log is not None:
+        run.log.write({"iteration": iteration, "event": "non-finite loss", "loss": str(error.loss)})
+    raise NonFiniteLossError(
+        f"the loss became {error.loss} at iteration {iteration}; stopped without saving it. Last good "
+        f"checkpoint: {run.last_good or 'none (no checkpoint was written yet)'}; resume from it after "
+        f"lowering lr or switching precision",
+        loss=error.loss,
+    ) from None
+
+
+def _count_step(run: TrainingRun, iteration: int, started: float) -> None:
+    """Record in ``run.state`` that step ``iteration`` completed; ``started``: its ``time.perf_counter()`` start."""
+    state = run.state
+    state.iteration = iteration
+    state.step_in_epoch = iteration % run.steps_per_epoch
+    state.epoch = iteration // run.steps_per_epoch
+    state.train_seconds += time.perf_counter() - started
+    if run.config.precision == "fp16":
+        state.scaler = dict(run.scaler.state_dict())
+
+
+def _log_step(run: TrainingRun, bar: tqdm, iteration: int, loss: float, rate: float) -> None:
+    """Show step ``iteration``'s mean loss, learning rate and ``rate`` (images per second) on the progress bar and
+    append them to the log."""
+    lrs = [g["lr"] for g in run.optimizer.param_groups]
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[0]:.2e}", img_s=f"{rate:.1f}")
+    if run.log is not None:
+        run.log.write(
+            {
+                "iteration": iteration,
+                "epoch": iteration / run.steps_per_epoch,
+                "loss": loss,
+                "lr": lrs[0],
+                "lr_head": lrs[1],
+                "images_per_s": rate,
+                "train_seconds": round(run.state.train_seconds, 3),
+            }
+        )
+
+
+def _validate_and_track_best(run: TrainingRun, iteration: int, bar: tqdm) -> bool:
+    """Score the model on the validation split after step ``iteration`` (every process its share), log the scores,
+    and record a new best val mIoU in ``run.state``; returns whether this iteration is the new best."""
+    assert run.val_set is not None
+    state = run.state
+    report = _validate(run.model, run.val_set, run.config, run.device)
+    miou = report["mIoU"]
+    is_best = False
+    if miou is not None and (state.best_miou is None or miou > state.best_miou):
+        state.best_miou, state.best_iteration, is_best = miou, iteration, True
+    if run.log is not None:
+        run.log.write(
+            {
+                "iteration": iteration,
+                "val_mIoU": miou,
+                "val_mAcc": report["mAcc"],
+                "val_allAcc": report["allAcc"],
+                "val_images": report["images"],
+            }
+        )
+        bar.write(
+            f"iteration {iteration}: val mIoU {100 * miou:.2f}"
+            if miou is not None
+            else f"iteration {iteration}: val mIoU undefined"
+        )
+    return is_best
+
+
+def _save(run: TrainingRun, *, best: bool = False) -> Path | None:
+    """Write ``ckpt_N`` of the run's current iteration N (rank 0; ``best`` also makes it ``best/``) with every
+    process's random state, log it, and update ``run.last_good`` and ``run.saved_iteration``. Returns the directory
+    on rank 0, None elsewhere.
+
+    Refuses (NonFiniteLossError, nothing written) when the weights or BatchNorm statistics of any process are not
+    finite. Collective: every process calls it at the same iteration.
+    """
+    state, dist = run.state, run.dist
+    finite = torch.tensor(
+        float(all(bool(torch.isfinite(t).all()) for t in run.model.state_dict().values() if t.is_floating_point())),
+        device=run.device,
+    )
+    if float(distributed.all_reduce_sum(finite)) < dist.world_size:
+        raise NonFiniteLossError(
+            f"weights or BatchNorm statistics became non-finite by iteration {state.iteration} (the loss was still "
+            f"finite); not saved. Last good checkpoint: {run.last_good or 'none (no checkpoint was written yet)'}"
+        )
+    rng_states = distributed.gather_objects(rng_state())  # every process's own random state
+    path = None
     if dist.is_main:
-        resume_from = state.iteration if checkpoint is not None else None  # drop what a killed run logged later
-        if checkpoint is None and (out / "log.jsonl").is_file():  # starting again: keep the old log, do not mix it in
-            aside = _keep_log_aside(out / "log.jsonl")
-            print(f"{out / 'log.jsonl'} kept as {aside}: this run starts again from iteration 0", file=sys.stderr)
-        log = _Log(out / "log.jsonl", resume_from=resume_from, tensorboard=config.tensorboard)
-        if class_weights is not None:
-            named = {name: round(float(w), 4) for name, w in zip(info.classes, class_weights.tolist())}
-            if state.iteration == 0:
-                log.write({"iteration": 0, "event": "class weights", "class_weights": named})
-            if progress:
-                tqdm.write("class weights (median frequency): " + ", ".join(f"{n} {w:.3g}" for n, w in named.items()))
-    val_every = config.val_every or config.checkpoint_every
-    last_good = str(checkpoint) if checkpoint is not None else None
-
-    start_iteration, saved_iteration = state.iteration, -1  # saved_iteration: the last checkpoint this run wrote
-
-    def save(best: bool = False) -> Path | None:
-        nonlocal last_good, saved_iteration
-        finite = torch.tensor(
-            float(all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())),
-            device=device,
+        path = save_checkpoint(
+            run.out,
+            model=run.model,
+            card=run.model.card,
+            optimizer=run.optimizer,
+            state=state,
+            config=run.config.to_dict(),
+            keep_last=run.config.keep_last,
+            rng_states=rng_states,  # type: ignore[arg-type]
+            best=best,
         )
-        if float(distributed.all_reduce_sum(finite)) < dist.world_size:
-            raise NonFiniteLossError(
-                f"weights or BatchNorm statistics became non-finite by iteration {state.iteration} (the loss was still "
-                f"finite); not saved. Last good checkpoint: {last_good or 'none (no checkpoint was written yet)'}"
-            )
-        rng_states = distributed.gather_objects(rng_state())  # every process's own random state
-        path = None
-        if dist.is_main:
-            path = save_checkpoint(
-                out,
-                model=model,
-                card=model.card,
-                optimizer=optimizer,
-                state=state,
-                config=config.to_dict(),
-                keep_last=config.keep_last,
-                rng_states=rng_states,  # type: ignore[arg-type]
-                best=best,
-            )
-            last_good = str(path)
-            if log is not None:
-                log.write({"iteration": state.iteration, "event": "checkpoint", "path": path.name})
-        saved_iteration = state.iteration
-        distributed.barrier()
-        return path
+        run.last_good = str(path)
+        if run.log is not None:
+            run.log.write({"iteration": state.iteration, "event": "checkpoint", "path": path.name})
+    run.saved_iteration = state.iteration
+    distributed.barrier()
+    return path
 
-    def stop_signal() -> int | None:
-        """The signal every process acts on now (the largest one any received: SIGTERM before SIGINT), or None."""
-        flag = torch.tensor([stop.signum or 0], dtype=torch.int64, device=device)
-        agreed = int(distributed.all_reduce_max(flag)[0])
-        return agreed or None
 
-    bar = tqdm(total=total, initial=state.iteration, desc="train", unit="it", disable=not (progress and dist.is_main))
-    window_images, window_start = 0, time.perf_counter()
-    final: Path | None = None
-    stopped: int | None = None  # the signal the run stops on
-    while state.iteration < total and stopped is None:
-        epoch, first = divmod(state.iteration, steps_per_epoch)
-        state.epoch = epoch
-        train_set.set_epoch(epoch)
-        steps = step_batches(
-            len(train_set),
-            seed=config.seed,
-            epoch=epoch,
-            micro_batch=micro_batch,
-            accumulate=config.accumulate,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )[first : first + (total - state.iteration)]
-        loader = DataLoader(
-            train_set,
-            batch_sampler=[micro for step in steps for micro in step],
-            num_workers=config.workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG (dropout) untouched
-            worker_init_fn=_ignore_stop_signals,
-        )
-        batches = iter(loader)
-        for _ in steps:
-            started = time.perf_counter()
-            micro = [next(batches) for _ in range(config.accumulate)]
-            stopped = stop_signal()  # a signal during validation, saving or fetching: this step has not started
-            if stopped is not None:
-                break
-            iteration = state.iteration + 1
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["base_lr"], iteration, total, config.poly_power)
-            targets = [m["mask"].to(device, non_blocking=True) for m in micro]
-            labelled = sum(
-                label_weight_sum(t, ignore_index=config.ignore_index, class_weights=class_weights) for t in targets
-            )
-            labelled = distributed.all_reduce_sum(labelled)
-            labelled = torch.where(labelled > 0, labelled, torch.ones_like(labelled))  # all ignored: loss 0, not NaN
-            net.train()
-            if config.freeze_bn:
-                _freeze_batchnorm(net)
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), dtype=torch.float64, device=device)
-            for j, (batch, target) in enumerate(zip(micro, targets)):
-                images = normalize(
-                    batch["image"].to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD, dtype=param_dtype
-                )
-                if config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                sync = contextlib.nullcontext()
-                if dist.distributed and j < config.accumulate - 1:
-                    sync = net.no_sync()  # type: ignore[operator]
-                with sync:
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        outputs = forward(images)
-                    total_loss = loss_sum(
-                        outputs,
-                        target,
-                        aux_weight=config.aux_weight,
-                        ignore_index=config.ignore_index,
-                        class_weights=class_weights,
-                    )
-                    # DDP averages gradients over processes: scale by world size to get the step's mean loss
-                    scaler.scale(total_loss * (dist.world_size / labelled).to(total_loss.dtype)).backward()
-                step_loss += total_loss.detach().double()
-            step_loss = distributed.all_reduce_sum(step_loss) / labelled
-            loss_value = float(step_loss)
-            if not math.isfinite(loss_value):
-                bar.close()
-                if log is not None:
-                    log.write({"iteration": iteration, "event": "non-finite loss", "loss": str(loss_value)})
-                raise NonFiniteLossError(
-                    f"the loss became {loss_value} at iteration {iteration}; stopped without saving it. Last good "
-                    f"checkpoint: {last_good or 'none (no checkpoint was written yet)'}; resume from it after lowering "
-                    f"lr or switching precision"
-                )
-            scaler.step(optimizer)
-            scaler.update()
-            state.iteration = iteration
-            state.step_in_epoch = iteration % steps_per_epoch
-            state.epoch = iteration // steps_per_epoch
-            state.train_seconds += time.perf_counter() - started
-            if config.precision == "fp16":
-                state.scaler = dict(scaler.state_dict())
-            window_images += config.batch_size
-            bar.update(1)
-            if iteration % config.log_every == 0 or iteration == total:
-                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                lrs = [g["lr"] for g in optimizer.param_groups]
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.2e}", img_s=f"{rate:.1f}")
-                if log is not None:
-                    log.write(
-                        {
-                            "iteration": iteration,
-                            "epoch": iteration / steps_per_epoch,
-                            "loss": loss_value,
-                            "lr": lrs[0],
-                            "lr_head": lrs[1],
-                            "images_per_s": rate,
-                            "train_seconds": round(state.train_seconds, 3),
-                        }
-                    )
-                window_images, window_start = 0, time.perf_counter()
-            stopped = stop_signal()  # every process stops after this same step
-            if stopped is not None:
-                break
-            is_best = False
-            if val_set is not None and (iteration % val_every == 0 or iteration == total):
-                report = _validate(model, val_set, config, device)  # every process: each scores its share
-                miou = report["mIoU"]
-                if miou is not None and (state.best_miou is None or miou > state.best_miou):
-                    state.best_miou, state.best_iteration, is_best = miou, iteration, True
-                if log is not None:
-                    log.write(
-                        {
-                            "iteration": iteration,
-                            "val_mIoU": miou,
-                            "val_mAcc": report["mAcc"],
-                            "val_allAcc": report["allAcc"],
-                            "val_images": report["images"],
-                        }
-                    )
-                    bar.write(
-                        f"iteration {iteration}: val mIoU {100 * miou:.2f}"
-                        if miou is not None
-                        else f"iteration {iteration}: val mIoU undefined"
-                    )
-                window_start = time.perf_counter()
-            if iteration % config.checkpoint_every == 0 or iteration == total or is_best:
-                final = save(best=is_best)
-                window_start = time.perf_counter()
-        del batches  # shuts the loader's worker processes down now
-    bar.close()
-    if stopped is not None:
-        saved = state.iteration > start_iteration and saved_iteration != state.iteration
-        if saved:  # not validated: a validation can outlast a scheduler's grace period
-            save()
-        if log is not None:
-            log.write({"iteration": state.iteration, "event": "stopped", "signal": signal.Signals(stopped).name})
-            log.close()
-        kept = out / f"ckpt_{state.iteration}"
-        raise TrainingStopped(
-            stopped,
-            iteration=state.iteration,
-            checkpoint=kept if kept.is_dir() else None,
-            saved=saved,
-            is_main=dist.is_main,
-        )
-    if log is not None:
-        log.close()
-    if dist.is_main:
+def _stop(run: TrainingRun, signum: int) -> NoReturn:
+    """End a run stopped by ``signum``: save its last completed step unless nothing new was done or it is saved
+    already (no validation: one can outlast a scheduler's grace period), log the stop, raise TrainingStopped."""
+    state = run.state
+    saved = state.iteration > run.start_iteration and run.saved_iteration != state.iteration
+    if saved:
+        _save(run)
+    if run.log is not None:
+        run.log.write({"iteration": state.iteration, "event": "stopped", "signal": signal.Signals(signum).name})
+        run.log.close()
+    kept = run.out / f"ckpt_{state.iteration}"
+    raise TrainingStopped(
+        signum,
+        iteration=state.iteration,
+        checkpoint=kept if kept.is_dir() else None,
+        saved=saved,
+        is_main=run.dist.is_main,
+    )
+
+
+def _finish(run: TrainingRun, final: Path | None) -> Path:
+    """Close the log, plot the training curve (rank 0) and return the final checkpoint directory: ``final`` (the
+    last one this process wrote), else ``ckpt_N`` of the run's last iteration."""
+    if run.log is not None:
+        run.log.close()
+    if run.dist.is_main:
         from .curves import plot_training_curve
 
-        plot_training_curve(out / "log.jsonl", out / "curve.png")
-    return final if final is not None else out / f"ckpt_{state.iteration}"
+        plot_training_curve(run.out / "log.jsonl", run.out / "curve.png")
+    return final if final is not None else run.out / f"ckpt_{run.state.iteration}"

@@ -595,7 +595,7 @@ def test_existing_run_refused_without_resume_and_set_reaches_saved_config(tmp_pa
     assert main(["train", str(config), "--out", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "--resume" in err and str(out) in err
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="pass resume="):
         train(load_train_config(str(config)), out, progress=False)
     assert checkpoints(out) == [2]
     assert_equal_tensors(weights(out / "ckpt_2/model.safetensors"), before)

@@ -580,12 +580,15 @@ _FLAGS = {"source": "--from", "dataset": "--dataset", "resume": "--resume", "out
 
 
 def _as_flags(error: InputError) -> InputError | str:
-    """The error's message with the library argument it names shown as the flag it was given as."""
-    flag = _FLAGS.get(error.argument or "")
-    if flag is None:
+    """The error's message with the library arguments it names (its ``argument``, and ``name=VALUE`` advice) shown
+    as the flags they are given as."""
+    if error.argument is None:
         return error
-    separator = "" if error.detail.startswith(":") else " "
-    return f"{flag}{separator}{error.detail}"
+    detail = error.detail
+    for name, flag in _FLAGS.items():
+        detail = detail.replace(f" {name}=", f" {flag} ")
+    separator = "" if detail.startswith(":") else " "
+    return f"{_FLAGS.get(error.argument, error.argument)}{separator}{detail}"
 
 
 def _os_error(error: OSError) -> str:

@@ -20,7 +20,8 @@ __all__ = [
 class InputError(ValueError):
     """Something a user gave cannot be used. ``argument``, when set, names the function argument at fault: the
     message then starts with it (``source 'x': choose one of ...``), and the command line shows the flag that
-    argument was given as instead (``--from 'x': ...``)."""
+    argument was given as instead (``--from 'x': ...``). Another argument a message advises is written
+    ``name=VALUE`` (``pass resume=RUN``), which the command line shows as ``--name VALUE``."""
 
     def __init__(self, message: str, *, argument: str | None = None):
         self.argument = argument

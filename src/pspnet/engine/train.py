@@ -58,7 +58,7 @@ from ..data.datasets import SegmentationDataset, build_dataset, collate
 from ..data.io import read_mask
 from ..data.transforms import paper_train_transform
 from ..errors import ConfigError, DataError, TrainingStopped
-from ..inference import InferenceSettings, normalize, resolve_device
+from ..inference import PRECISIONS, InferenceSettings, normalize, resolve_device
 from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import load_backbone_weights, make_card
 from . import distributed
@@ -207,7 +207,7 @@ class StepSettings:
             aux_weight=config.aux_weight,
             ignore_index=config.ignore_index,
             class_weights=class_weights,
-            autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision),
+            autocast_dtype=PRECISIONS[config.precision],
             channels_last=config.channels_last,
             freeze_bn=config.freeze_bn,
             world_size=world_size,
@@ -615,7 +615,7 @@ def set_up_run(
     """Everything the run by ``config`` into ``out`` needs, on the device and in the process group of ``dist``.
 
     Checks the settings, seeds the random number generators (``seed + rank``), finds the checkpoint to resume from
-    (``resume``: see :func:`train`), builds the data sets, the model and its metadata, the optimiser, the grad
+    (``resume``: see :func:`train`), builds the data sets, the model and its card, the optimiser, the grad
     scaler and the class weights, restores a resumed run's state, wraps the model for DDP (and torch.compile), and
     on rank 0 writes ``out/config.yaml`` and opens ``out/log.jsonl``. Raises ConfigError for settings or a run
     directory it cannot use.
@@ -631,7 +631,8 @@ def set_up_run(
         repair_run_dir(out)
     if checkpoint is None and out.exists() and latest_checkpoint(out) is not None:  # every process refuses alike
         raise ConfigError(
-            f"{out} already holds checkpoints; resume it to continue, or choose another run directory", argument="out"
+            f"{out} already holds checkpoints; pass resume={out} to continue it, or choose another run directory",
+            argument="out",
         )
 
     train_set, val_set = _build_datasets(config)

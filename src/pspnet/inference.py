@@ -31,6 +31,7 @@ All functions take and return tensors: images ``(N, 3, H, W)`` normalised float,
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,17 +46,22 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MODES",
     "PRECISIONS",
+    "PRECISION_CHOICES",
     "InferenceSettings",
     "check_image_size",
     "infer_proba",
+    "native_bf16",
     "normalize",
     "resized_size",
     "resolve_device",
+    "resolve_precision",
     "window_starts",
 ]
 
 MODES = ("auto", "whole", "slide")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What a user may ask for: a precision, or "auto" (resolve_precision: bf16 where the hardware has it, else fp32).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 # The most pixels (height x width) of any image inference makes: 2**24 = 16.8 MP. The largest official protocol,
 # Cityscapes multi-scale (base size 2048, scales up to 1.75), makes images of at most 3584 x 1792 pixels, 3584**2
@@ -142,6 +148,51 @@ class InferenceSettings:
             if key in fields:
                 fields[key] = tuple(fields[key])
         return cls(**fields)  # validated once, with every field in place
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX512_BF16 or AMX
+    tiles. Elsewhere (AVX2-only CPUs, Apple MPS) PyTorch emulates bf16 convolutions, tens of times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(bool(check()) for check in checks if check is not None)
+    return False
+
+
+_WARNED_EMULATED_BF16: set[str] = set()
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """``(precision, why)``: ``"auto"`` becomes bf16 where :func:`native_bf16` says the device has it, else fp32; any
+    other choice stays as asked. Asking for bf16 on a device without native bf16 warns once per device type: it is
+    emulated there (docs/benchmarks.md measures a convolution ceiling 10x below fp32's and a forward far slower)."""
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    native = native_bf16(device)
+    where = _device_words(device)
+    if precision == "auto":
+        if native:
+            return "bf16", f"auto: {where} computes bf16 natively"
+        return "fp32", f"auto: {where} has no native bf16 (it would be emulated, many times slower than fp32)"
+    if precision == "bf16" and not native and device.type not in _WARNED_EMULATED_BF16:
+        _WARNED_EMULATED_BF16.add(device.type)
+        warnings.warn(
+            f"precision bf16 on {where}, which has no native bf16: PyTorch emulates it, many times slower than fp32 "
+            "(docs/benchmarks.md); use fp32 or precision auto",
+            stacklevel=2,
+        )
+    return precision, "as asked"
+
+
+def _device_words(device: torch.device) -> str:
+    """``"this CPU (AVX512)"`` or ``"cuda:0 (NVIDIA H100)"``: the device in a message."""
+    if device.type == "cpu":
+        return f"this CPU ({torch.backends.cpu.get_cpu_capability()})"
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

@@ -15,6 +15,15 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _auto_precision_is_fp32():
+    """precision "auto" resolves to fp32 in every test, whatever the CPU (bf16 where it is native would otherwise
+    change the numbers from one machine to the next); tests of "auto" itself set native_bf16 as they need."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pspnet.inference.native_bf16", lambda device: False)
+        yield
+
+
 def tiny_pspnet(num_classes: int = 5, **options) -> PSPNet:
     """A PSPNet small enough for unit tests: ResNet-18 backbone, 64-channel head, 32-channel aux head."""
     options.setdefault("depth", 18)

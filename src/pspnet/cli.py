@@ -25,7 +25,7 @@ from .data.classes import DATASETS
 from .data.cli_data import add_data_commands, positive_int
 from .data.datasets import DATASET_READERS
 from .errors import InputError, TrainingStopped
-from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISIONS
+from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISION_CHOICES
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
 from .weights.convert import SOURCES
@@ -144,7 +144,7 @@ def _base_size(text: str) -> int | str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.datasets import build_dataset
     from .engine.evaluate import evaluate, format_table, write_report
-    from .inference import InferenceSettings, resolve_device
+    from .inference import InferenceSettings, resolve_device, resolve_precision
     from .runs import load_model
 
     device = resolve_device(args.device)
@@ -160,7 +160,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "stride_rate": args.stride_rate,
         "flip": args.flip or None,
-        "precision": args.precision,
+        "precision": resolve_precision(args.precision, device)[0] if args.precision else None,
     }
     try:
         settings = InferenceSettings(
@@ -323,7 +323,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(
         f"predicting with {args.checkpoint} on {segmenter.device}: {segmenter.num_classes} classes, mode {s.mode}, "
         f"crop {s.crop_size[0]}x{s.crop_size[1]}, base size {s.base_size or 'native'}, scales {list(s.scales)}, "
-        f"flip {s.flip}, {s.precision}, batch {args.batch}",
+        f"flip {s.flip}, {s.precision} ({segmenter.precision_reason}), batch {args.batch}",
         file=sys.stderr,
     )
     try:
@@ -444,7 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
     ev.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
     ev.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    ev.add_argument("--precision", choices=list(PRECISIONS), help="inference precision (default: fp32)")
+    ev.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="inference precision (default: fp32, so that published protocols give the same numbers on every machine; "
+        "auto: bf16 where the device computes it natively)",
+    )
     ev.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     ev.add_argument("--include", nargs="+", default=[], metavar="PREFIX", help="only images whose name starts so")
     ev.add_argument("--exclude", nargs="+", default=[], metavar="PREFIX", help="skip images whose name starts so")
@@ -533,7 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--scales", nargs="+", type=_positive_float, help="scales to average (default: 1.0)")
     pr.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
     pr.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    pr.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="inference precision (default: fp32)")
+    pr.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="auto",
+        help="inference precision; auto (the default): bf16 where the device computes it natively (CUDA, CPUs with "
+        "AVX512_BF16 or AMX), else fp32; bf16 elsewhere is emulated and slow (a warning says so)",
+    )
     pr.add_argument(
         "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
     )

@@ -34,6 +34,7 @@ from .inference import (
     infer_proba,
     normalize,
     resolve_device,
+    resolve_precision,
 )
 from .models.card import ModelCard
 from .models.pspnet import PSPNet
@@ -119,6 +120,7 @@ class Segmenter:
         # inputs go in in the model's dtype: float32, float64 in numerical tests
         self.dtype = parameter.dtype if parameter is not None else torch.float32
         self.mean, self.std = self.card.mean, self.card.std
+        self.precision_reason = "as the settings say"
         self.classes: list[str] = list(self.card.classes)
         self.palette: list[tuple[int, int, int]] = list(self.card.palette)
 
@@ -127,7 +129,7 @@ class Segmenter:
         cls,
         path: str | os.PathLike,
         device: str | torch.device = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         mode: str = "auto",
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
@@ -137,8 +139,11 @@ class Segmenter:
     ) -> Segmenter:
         """Load a model file or a training run directory (its best, else latest, model) once.
 
-        ``device``: "auto" (CUDA, then Apple MPS, then CPU) or a torch device name. ``precision``: "fp32", "bf16"
-        or "fp16" (autocast). ``mode``: "whole", "slide" or "auto" (sliding windows when a side exceeds the
+        ``device``: "auto" (CUDA, then Apple MPS, then CPU) or a torch device name. ``precision``: "auto" (bf16
+        where the device computes it natively, else fp32: :func:`pspnet.inference.resolve_precision`; the choice and
+        why are in ``precision_reason``), "fp32", "bf16" or "fp16" (autocast, CUDA). The model is prepared for
+        inference once, here: BatchNorm folded into the convolutions (:meth:`PSPNet.fold_batchnorm`), and for bf16
+        the weights cast to bfloat16 in the channels-last layout. ``mode``: "whole", "slide" or "auto" (sliding windows when a side exceeds the
         checkpoint's crop after resizing the long side to its base size). ``scales`` and ``flip``: multi-scale and
         flip averaging of the official test protocol. Crop and base size come from the checkpoint's model card.
         ``max_pixels``: the most pixels of any image inference makes (:data:`pspnet.inference.DEFAULT_MAX_PIXELS`,
@@ -147,10 +152,11 @@ class Segmenter:
         ``ValueError`` naming the file and the limit.
         """
         model = load_model(path, device=resolve_device(device))
+        chosen, reason = resolve_precision(precision, next(model.parameters()).device)
         try:
             settings = InferenceSettings.from_card(
                 model.card,
-                precision=precision,
+                precision=chosen,
                 mode=mode,
                 scales=tuple(float(s) for s in scales),
                 flip=bool(flip),
@@ -158,7 +164,12 @@ class Segmenter:
             )
         except ValueError as error:  # the file's crop or base size, or the arguments, beyond the limits
             raise ValueError(f"inference settings for {os.fspath(path)}: {error}") from None
-        return cls(model, settings, max_batch=max_batch)
+        model.fold_batchnorm()
+        if chosen == "bf16":  # cast once, not at every call as autocast does
+            model.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        segmenter = cls(model, settings, max_batch=max_batch)
+        segmenter.precision_reason = reason
+        return segmenter
 
     @property
     def num_classes(self) -> int:
@@ -186,7 +197,10 @@ class Segmenter:
         if any(image.shape != shape for image in images):
             raise ValueError(f"images of one batch must have one size, got {sorted({i.shape for i in images})}")
         batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
-        return infer_proba(self.model, normalize(batch, self.mean, self.std, dtype=self.dtype), self.settings)
+        # normalised in float32 (float64 for numerical tests), then in the weights' dtype and memory layout
+        x = normalize(batch, self.mean, self.std, dtype=torch.float64 if self.dtype == torch.float64 else torch.float32)
+        layout = torch.channels_last if self.dtype == torch.bfloat16 else torch.contiguous_format
+        return infer_proba(self.model, x.to(self.dtype).contiguous(memory_format=layout), self.settings)
 
     def labels(self, proba: Tensor) -> np.ndarray:
         """``(N, K, H, W)`` probabilities -> ``(N, H, W)`` class ids on the CPU (uint8, int32 above 256 classes)."""

@@ -58,7 +58,7 @@ from ..data.datasets import SegmentationDataset, build_dataset, collate
 from ..data.io import read_mask
 from ..data.transforms import paper_train_transform
 from ..errors import ConfigError, DataError, TrainingStopped
-from ..inference import PRECISIONS, InferenceSettings, normalize, resolve_device
+from ..inference import PRECISIONS, InferenceSettings, normalize, resolve_device, resolve_precision
 from ..models.pspnet import PSPNet, build_model
 from ..weights.model_file import load_backbone_weights, make_card
 from . import distributed
@@ -533,6 +533,7 @@ def _check_settings(config: TrainConfig, dist: distributed.DistInfo) -> int:
     """The images of one micro-batch of one process; ConfigError for settings this machine cannot run."""
     if config.precision == "fp16" and dist.device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device (loss scaling); use bf16 on the CPU")
+    resolve_precision(config.precision, dist.device)  # bf16 where it is emulated: a warning, once
     global_micro = config.batch_size / (config.accumulate * dist.world_size)
     if global_micro != int(global_micro):
         raise ConfigError(

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .card import ModelCard
 from .config import ModelConfig, check_model_config
+from .fold import fold_batchnorm
 from .heads import FCNHead, PSPHead
 from .resnet import ResNet
 
@@ -83,6 +84,22 @@ class PSPNet(nn.Module):
         self.aux_head = FCNHead(channels[2], num_classes, channels=aux_channels, dropout=dropout) if aux else None
         # Set by pspnet.load_model from the model file (classes, palette, normalisation, ...), and by training.
         self.card: ModelCard | None = None
+        self.inference_only = False  # set by fold_batchnorm: the BatchNorm layers are gone
+
+    def fold_batchnorm(self) -> PSPNet:
+        """Fold every BatchNorm into its convolution for inference (:func:`pspnet.models.fold.fold_batchnorm`), in
+        place, and switch to eval mode; returns the model. It computes the same logits to float rounding, faster,
+        and can no longer train or be saved: :meth:`train` refuses. Load the file again to fine-tune."""
+        if not self.inference_only:
+            fold_batchnorm(self)
+            self.inference_only = True
+        return self.eval()
+
+    def train(self, mode: bool = True) -> PSPNet:
+        """``nn.Module.train``; refused (RuntimeError) for a model whose BatchNorm was folded for inference."""
+        if mode and self.inference_only:
+            raise RuntimeError("this PSPNet's BatchNorm was folded for inference; load the model again to train it")
+        return super().train(mode)
 
     @property
     def num_classes(self) -> int:

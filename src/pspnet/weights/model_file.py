@@ -182,6 +182,8 @@ def save_model(model: PSPNet, path: str | os.PathLike[str], *, card: ModelCard |
     is written: a file :func:`load_model_file` would refuse (non-finite weights, float64 weights, a card out of
     range) is not written (CheckpointError; an existing file is kept).
     """
+    if getattr(model, "inference_only", False):
+        raise CheckpointError(f"{path}: not written: the model's BatchNorm was folded for inference; save it before")
     card = card or model.card or make_card(model.config)
     return write_model_file(path, model.state_dict(), dataclasses.replace(card, config=model.config))
 

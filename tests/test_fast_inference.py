@@ -13,7 +13,7 @@ from rounding import network_rtol, probability_bound
 from torch import nn
 
 import pspnet
-import pspnet.inference as inference
+from pspnet import inference
 from pspnet.errors import CheckpointError
 from pspnet.models.fold import batchnorm_pairs, fold_batchnorm
 from pspnet.segmenter import Segmenter

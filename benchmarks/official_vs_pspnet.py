@@ -1,0 +1,222 @@
+"""The official PSPNet code's speed and memory against pspnet's, side by side in one run on this machine.
+
+    .venv/bin/python benchmarks/official_vs_pspnet.py [--what forward,train,protocol] [--repeat 3]
+
+PSPNet50 with 150 classes (ADE20K), random official-layout weights (the shapes of ../shared/fixtures), converted
+into a pspnet model file with ``pspnet convert --from official`` so that both sides compute the same network:
+
+- **forward**: one eval forward, batch 1, 512x512, fp32, under ``torch.inference_mode``: the official eager
+  network (benchmarks/official_pspnet.py) against ``pspnet.load_model`` + ``model(x)`` (BatchNorm kept, as for
+  fine-tuning) and ``Segmenter.from_checkpoint`` (BatchNorm folded; fp32, and ``precision="auto"``), with the
+  largest logit difference relative to the largest official logit and the share of equal labels;
+- **train**: one training step, fp32, batch 2 at 473x473, each side in a process of its own so that its peak
+  memory (peak RSS minus the RSS before the first step) is its own: the official step (CE on full-resolution main
+  logits + 0.4 aux, SGD) against ``pspnet.engine.train.train_step``, the step ``pspnet train`` runs;
+- **protocol**: the official multi-scale (0.5 ... 1.75) + flip sliding-window test of one 512x683 image (the
+  official per-window loop with float64 NumPy sums and cv2 resizes) against ``Segmenter`` with the same settings,
+  with the share of equal labels.
+
+Times are the minimum over ``--repeat`` runs after a warm-up; every ratio compares two rows of this one run. The
+machine, CPU capability and command are printed first; docs/benchmarks.md keeps the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import platform
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from official_pspnet import OfficialPSPNet, official_multiscale_labels, official_train_step
+from reference_pspnet import official_state_dict
+
+import pspnet
+from pspnet.constants import IMAGENET_MEAN, IMAGENET_STD
+from pspnet.engine.train import StepSettings, param_groups, train_step
+from pspnet.segmenter import Segmenter
+from pspnet.weights.convert import convert
+
+KEY_FILE = ROOT.parent / "shared" / "fixtures" / "official_pspnet50_keys.json"
+CLASSES = 150
+SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor() or "?",
+    )
+    flags = [torch.backends.cpu.get_cpu_capability()]
+    flags += ["AVX512_BF16"] if torch.cpu._is_avx512_bf16_supported() else []
+    flags += ["AMX"] if torch.cpu._is_amx_tile_supported() else []
+    return f"{cpu}; capability {'+'.join(flags)}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def best_time(fn, repeat: int) -> float:
+    """The fastest of ``repeat`` calls of ``fn`` after one warm-up call, in seconds."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def official_model() -> OfficialPSPNet:
+    model = OfficialPSPNet(CLASSES)
+    model.load_state_dict(official_state_dict(KEY_FILE, seed=0), strict=True)
+    return model.eval()
+
+
+def pspnet_file(folder: Path) -> Path:
+    """The official weights as a pspnet model file, through the converter users run."""
+    torch.save(official_state_dict(KEY_FILE, seed=0), folder / "official.pth")
+    convert("official", folder / "official.pth", folder / "pspnet50.safetensors", dataset="ade20k")
+    return folder / "pspnet50.safetensors"
+
+
+def photo(height: int, width: int) -> np.ndarray:
+    """A smooth RGB uint8 picture with structure (random weights respond to it like to a photo)."""
+    y, x = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(0)
+    picture = np.stack([x * 255 / width, y * 255 / height, (x * y) % 97 * 2.6], axis=-1)
+    return np.clip(picture + rng.normal(0, 8, picture.shape), 0, 255).astype(np.uint8)
+
+
+def normalized(image: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def bench_forward(path: Path, repeat: int) -> list[tuple[str, float, str]]:
+    image = photo(512, 512)
+    x = normalized(image)
+    official = official_model()
+    with torch.inference_mode():
+        reference = official(x)
+        rows = [("official eager forward", best_time(lambda: official(x), repeat), "reference")]
+        loaded = pspnet.load_model(path)
+        logits = loaded(x)
+        error = float((logits - reference).abs().max() / reference.abs().max())
+        rows.append(("pspnet load_model + model(x)", best_time(lambda: loaded(x), repeat), f"logits rel. {error:.1e}"))
+        for precision in ("fp32", "auto"):
+            segmenter = Segmenter.from_checkpoint(path, device="cpu", precision=precision, mode="whole")
+            model, dtype = segmenter.model, segmenter.dtype
+            layout = torch.channels_last if dtype == torch.bfloat16 else torch.contiguous_format
+            xs = x.to(dtype).contiguous(memory_format=layout)
+            out = model(xs).float()
+            error = float((out - reference).abs().max() / reference.abs().max())
+            agree = float((out.argmax(1) == reference.argmax(1)).float().mean())
+            name = f"Segmenter {precision} ({segmenter.settings.precision}, BatchNorm folded) model"
+            detail = f"logits rel. {error:.1e}, labels equal {100 * agree:.3f}%"
+            rows.append((name, best_time(lambda m=model, v=xs: m(v), repeat), detail))
+    return rows
+
+
+def _train_worker(kind: str, path: str, repeat: int, queue: multiprocessing.Queue) -> None:
+    torch.manual_seed(0)
+    images = torch.from_numpy(photo(473, 473)).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+    target = torch.randint(0, CLASSES, (2, 473, 473))
+    if kind == "official":
+        model = OfficialPSPNet(CLASSES)
+        model.load_state_dict(official_state_dict(KEY_FILE, seed=0))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        x = (images.float() - mean) / std
+
+        def step() -> float:
+            return official_train_step(model, optimizer, x, target)
+    else:
+        model = pspnet.load_model(path)
+        optimizer = torch.optim.SGD(
+            param_groups(model, lr=0.01, head_lr_mult=10.0), lr=0.01, momentum=0.9, weight_decay=1e-4
+        )
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        batch = {"image": images, "mask": target}
+
+        def step() -> float:
+            return train_step(model, optimizer, scaler, [batch], StepSettings())
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds = best_time(step, repeat)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((seconds, peak / 2**20, (peak - before) / 2**20))
+
+
+def bench_train(path: Path, repeat: int) -> list[tuple[str, float, str]]:
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for kind, name in (("official", "official training step"), ("pspnet", "pspnet train_step")):
+        queue = context.Queue()
+        process = context.Process(target=_train_worker, args=(kind, str(path), repeat, queue))
+        process.start()
+        seconds, peak, growth = queue.get()
+        process.join()
+        rows.append((name, seconds, f"peak RSS {peak:.2f} GiB ({growth:.2f} GiB above the RSS before the first step)"))
+    return rows
+
+
+def bench_protocol(path: Path, repeat: int) -> list[tuple[str, float, str]]:
+    image = photo(512, 683)
+    official = official_model()
+    labels: dict[str, np.ndarray] = {}
+
+    def run_official() -> None:
+        labels["official"] = official_multiscale_labels(
+            official, image, CLASSES, crop=473, base_size=512, scales=SCALES, mean=IMAGENET_MEAN, std=IMAGENET_STD
+        )
+
+    rows = [("official multi-scale + flip test", best_time(run_official, repeat), "reference")]
+    for precision in ("fp32", "auto"):
+        segmenter = Segmenter.from_checkpoint(
+            path, device="cpu", precision=precision, mode="slide", scales=SCALES, flip=True
+        )
+
+        def run(s: Segmenter = segmenter, key: str = precision) -> None:
+            labels[key] = s.predict(image)
+
+        seconds = best_time(run, repeat)
+        agree = float((labels[precision] == labels["official"]).mean())
+        name = f"Segmenter multi-scale + flip, {precision} ({segmenter.settings.precision})"
+        rows.append((name, seconds, f"labels equal {100 * agree:.3f}%"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--what", default="forward,train,protocol", help="comma-separated: forward, train, protocol")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per row, after one warm-up (default 3)")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    print(f"command: {shlex.join([sys.executable.split('/')[-1], *sys.argv])}\n")
+    benches = {"forward": bench_forward, "train": bench_train, "protocol": bench_protocol}
+    with tempfile.TemporaryDirectory() as folder:
+        path = pspnet_file(Path(folder))
+        for what in args.what.split(","):
+            rows = benches[what](path, args.repeat if what != "protocol" else 1)
+            base = rows[0][1]
+            print(f"| {what} | seconds | speed vs official | notes |\n|---|---:|---:|---|")
+            for name, seconds, note in rows:
+                print(f"| {name} | {seconds:.2f} | {base / seconds:.2f}x | {note} |")
+            print(flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,14 +1,18 @@
 """The losses against naive float64 loops; each float32 result within the rounding bound of its computation
 (tests/rounding.py: cross_entropy_sum_bound), never a tolerance taken from one machine."""
 
+import math
+
 import pytest
 import torch
 from conftest import naive_ce_sums
 from rounding import cross_entropy_sum_bound, unit_roundoff
 
+from pspnet.engine import losses
 from pspnet.engine.losses import (
     AUX_WEIGHT,
     cross_entropy,
+    cross_entropy_sum,
     label_weight_sum,
     loss_sum,
     median_frequency_weights,
@@ -109,3 +113,43 @@ def test_median_frequency_weights_hand_worked():
         median_frequency_weights([0, 0], [0, 0])
     with pytest.raises(ValueError, match="2 class pixel counts but 3"):
         median_frequency_weights([1, 2], [3, 4, 5])
+
+
+# -- the chunked cross-entropy sum ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_chunked_cross_entropy_sum_and_its_gradient_against_float64_autograd(monkeypatch, weighted):
+    """Forward and gradient in float64 against F.cross_entropy's, with chunks of 7 values (several per row and
+    image). The forward is within two float64 sum bounds; the gradient is (softmax - one-hot) x weight x the
+    incoming gradient, where each side's softmax exp(z - logsumexp) is off by at most (2 (max|z| + log K) + 2) u
+    (the subtraction's rounding, amplified by exp, and exp's own)."""
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 7)
+    torch.manual_seed(5)
+    n, k, h, w = 2, 4, 5, 6
+    logits = (torch.randn(n, k, h, w, dtype=torch.float64) * 4).requires_grad_()
+    target = torch.randint(0, k, (n, h, w))
+    target[1, 2:] = 255
+    weight = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64) if weighted else None
+    got = cross_entropy_sum(logits, target, weight)
+    (grad,) = torch.autograd.grad(got * 1.5, logits)
+    expected = torch.nn.functional.cross_entropy(logits, target, weight=weight, ignore_index=255, reduction="sum")
+    (expected_grad,) = torch.autograd.grad(expected * 1.5, logits)
+    bound = 2 * cross_entropy_sum_bound(logits, target, class_weights=weight, dtype=torch.float64)
+    assert got.dtype == torch.float64 and abs(float(got.detach() - expected.detach())) <= bound
+    u64 = unit_roundoff(torch.float64)
+    scale = 1.5 * (4.0 if weighted else 1.0)
+    softmax_error = (2 * (float(logits.detach().abs().max()) + math.log(k)) + 2) * u64
+    assert float((grad - expected_grad).abs().max()) <= 2 * softmax_error * scale
+    assert float(grad[1, :, 2:].abs().max()) == 0.0  # ignored pixels get no gradient
+
+
+def test_chunked_cross_entropy_keeps_the_logits_dtype_for_the_gradient():
+    logits = torch.randn(1, 3, 9, 7).bfloat16().requires_grad_()
+    target = torch.randint(0, 3, (1, 9, 7))
+    loss = cross_entropy_sum(logits, target)
+    loss.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    rounded = logits.detach().float()
+    expected = torch.nn.functional.cross_entropy(rounded, target, reduction="sum")
+    assert abs(float(loss.detach() - expected)) <= 2 * cross_entropy_sum_bound(rounded, target)

@@ -14,6 +14,7 @@ from ..constants import IGNORE_INDEX
 __all__ = [
     "AUX_WEIGHT",
     "cross_entropy",
+    "cross_entropy_sum",
     "label_weight_sum",
     "loss_sum",
     "median_frequency_weights",
@@ -71,11 +72,76 @@ def loss_sum(
         outputs = (outputs,)  # type: ignore[assignment]
     dtype = torch.promote_types(outputs[0].dtype, torch.float32)  # bf16/fp16 logits: float32; float64 stays
     weight = None if class_weights is None else class_weights.to(dtype)
-    kwargs = {"ignore_index": ignore_index, "reduction": "sum", "weight": weight}
-    total = F.cross_entropy(outputs[0].to(dtype), target.long(), **kwargs)
+    total = cross_entropy_sum(outputs[0], target, weight, ignore_index)
     if len(outputs) > 1:
-        total = total + aux_weight * F.cross_entropy(outputs[1].to(dtype), target.long(), **kwargs)
+        total = total + aux_weight * cross_entropy_sum(outputs[1], target, weight, ignore_index)
     return total
+
+
+# Elements of logits turned into float at once by cross_entropy_sum: 2**22 (16 MiB of float32).
+CHUNK_ELEMENTS = 2**22
+
+
+def _row_chunks(logits: Tensor) -> list[tuple[int, int, int]]:
+    """(image, first row, end row) chunks of (N, K, H, W) logits, each at most CHUNK_ELEMENTS values (>= 1 row)."""
+    n, k, h, w = logits.shape
+    rows = max(1, CHUNK_ELEMENTS // max(1, k * w))
+    return [(i, r, min(r + rows, h)) for i in range(n) for r in range(0, h, rows)]
+
+
+class _CrossEntropySum(torch.autograd.Function):
+    """``sum_p w[t_p] * (logsumexp(z_p) - z_p[t_p])`` over the labelled pixels p, in row chunks.
+
+    What ``F.cross_entropy(z.float(), t, weight=w, reduction="sum", ignore_index=...)`` computes, without its
+    full-size float copy of the logits and its full-size log-softmax: only the logits (in their own dtype) and the
+    per-pixel log-sum-exp (N, H, W) are kept for the backward pass, which builds the gradient chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int) -> Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        n, _, h, w = logits.shape
+        lse = torch.empty((n, h, w), dtype=dtype, device=logits.device)
+        total = torch.zeros((), dtype=dtype, device=logits.device)
+        for i, top, end in _row_chunks(logits):
+            z = logits[i, :, top:end].to(dtype)  # (K, rows, W)
+            t = target[i, top:end].long()
+            valid = t != ignore_index
+            label = torch.where(valid, t, 0)
+            lse[i, top:end] = torch.logsumexp(z, dim=0)
+            picked = z.gather(0, label[None])[0]
+            scale = valid.to(dtype) if weight is None else weight[label] * valid
+            total += ((lse[i, top:end] - picked) * scale).sum()
+        ctx.save_for_backward(logits, target, weight if weight is not None else torch.empty(0), lse)
+        ctx.ignore_index = ignore_index
+        ctx.has_weight = weight is not None
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        logits, target, weight, lse = ctx.saved_tensors
+        out = torch.empty_like(logits)
+        for i, top, end in _row_chunks(logits):
+            z = logits[i, :, top:end].to(lse.dtype)
+            t = target[i, top:end].long()
+            valid = t != ctx.ignore_index
+            label = torch.where(valid, t, 0)
+            scale = (weight[label] * valid if ctx.has_weight else valid.to(lse.dtype)) * grad
+            g = torch.exp(z - lse[i, top:end])  # softmax
+            g.scatter_add_(0, label[None], -torch.ones_like(g[:1]))  # minus the one-hot label
+            out[i, :, top:end] = (g * scale).to(logits.dtype)
+        return out, None, None, None
+
+
+def cross_entropy_sum(
+    logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """Summed cross-entropy of ``logits`` (N, K, H, W) against ``target`` (N, H, W) over the pixels not labelled
+    ``ignore_index``, each weighted by ``weight[label]`` (K,) when given; a scalar in float32 (float64 for float64
+    logits). Equal to ``F.cross_entropy(logits.float(), target, weight, reduction="sum")`` up to the order of the
+    sums, with far less memory: the logits are read in chunks of at most ``CHUNK_ELEMENTS`` values (see
+    :class:`_CrossEntropySum`)."""
+    return _CrossEntropySum.apply(logits, target, weight, ignore_index)
 
 
 def label_weight_sum(

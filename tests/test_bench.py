@@ -1,6 +1,6 @@
-"""``pspnet bench`` (pspnet.bench.run_bench) on a tiny model at 33x33: every section is there with
+"""``pspnet bench`` (pspnet.bench.run_bench and the CLI) on a tiny model at 33x33: every section is there with
 positive finite numbers, the FLOP counts equal independent counts, the training step runs train_step in a process
-of its own. Times are never asserted."""
+of its own, and the command writes its JSON. Times are never asserted."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from conftest import tiny_pspnet
 from torch.utils.flop_counter import FlopCounterMode
 
 import pspnet
+from pspnet import bench
 from pspnet.bench import WHAT, conv_flops, forward_flops, measure_forward, parse_what, run_bench, time_train_steps
+from pspnet.cli import main
 from pspnet.inference import resized_size, window_starts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -151,3 +153,38 @@ def test_bad_settings_name_the_argument():
             run_bench(model, device="cpu", precision="fp16", what="data")
     with pytest.raises(ValueError, match="train_batch must be positive"):
         run_bench(model, device="cpu", precision="fp32", what="data", train_batch=0)
+
+
+def test_the_command_writes_every_section(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "CEILING_SHAPES", SHAPES[:1])
+    path = pspnet.save_model(_tiny_model(), tmp_path / "tiny.safetensors")
+    out = tmp_path / "bench.json"
+    argv = ["bench", str(path), "--size", "33", "33", "--train-size", "33", "33", "--repeat", "1"]
+    assert main([*argv, "--precision", "fp32", "--device", "cpu", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    written = json.loads(out.read_text())
+    assert set(WHAT) <= set(written) and written["model"]["name"] == str(path)
+    assert written["protocol"]["crop_size"] == list(CROP) and written["train"]["pid"] != os.getpid()
+    for words in ("ceiling:", "forward:", "train:", "protocol:", "data:", "GFLOP/s", "2 x Cin x Cout x 9"):
+        assert words in captured.out
+    assert "bench: train: starting a process" in captured.err  # progress on stderr
+    # a model built by name, a few sections
+    assert main(["bench", "--arch", "pspnet18", "--classes", "3", "--size", "33", "33", "--what", "forward,data"]) == 0
+    assert "pspnet18 (random weights), 3 classes" in capsys.readouterr().out
+
+
+def test_the_command_refuses_bad_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--what", "forward,speed"])
+    assert done.value.code == 2 and "--what" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "m.safetensors"), "--arch", "pspnet18"]) == 2
+    assert "--arch" in capsys.readouterr().err
+    assert main(["bench", "--arch", "pspnet18", "--json", str(tmp_path)]) == 2
+    assert "--json" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--arch", "pspnet18", "--precision", "fp16", "--device", "cpu"]) == 2
+        assert "--precision fp16 needs a CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--help"])
+    assert done.value.code == 0
+    assert ",".join(WHAT) in " ".join(capsys.readouterr().out.split())

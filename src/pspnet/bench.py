@@ -180,7 +180,8 @@ def _cpu_model() -> str | None:
 def machine_info(device: torch.device) -> dict[str, Any]:
     """Versions, threads and the device: on a CPU its vector capability (``isa``: AMX, AVX512_BF16, else
     ``torch.backends.cpu.get_cpu_capability()``, e.g. AVX512 or AVX2) and whether it has native bf16 and AMX tiles;
-    on CUDA the GPU's name and whether fp32 convolutions may use TF32."""
+    on CUDA the GPU's name and whether fp32 convolutions may use TF32. ``load_average`` (1, 5, 15 minutes; None where
+    the system has none) tells whether other work shared the machine."""
     info: dict[str, Any] = {
         "pspnet": __version__,
         "torch": torch.__version__,
@@ -189,6 +190,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "logical_cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": str(device),
         "native_bf16": native_bf16(device),
     }
@@ -791,9 +793,11 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
     else:
         device = machine["device"]
     name = model["name"] or f"PSPNet on ResNet-{model['depth']}"
+    load = machine["load_average"]
     versions = (
         f"torch {machine['torch']}, Python {machine['python']}, {machine['threads']} threads, "
         f"{machine['logical_cpus']} logical CPUs"
+        + (f", load average {load[0]:.2f} at the start" if load is not None else "")
     )
     return [
         f"pspnet bench {report['date']}: {name}, {model['num_classes']} classes, {model['parameters']:,} parameters",

@@ -452,12 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure this machine: convolution ceiling, forward, training step, test protocol, data pipeline",
         description="Measure, in one run on this machine: the ceiling (best sustained GFLOP/s of large 3x3 "
         "convolutions, per precision and memory layout; FLOPs = 2 x Cin x Cout x 9 x Hout x Wout x N), the eval "
-        "forward of the model (seconds, GFLOP counted by torch.utils.flop_counter, GFLOP/s, %% of the ceiling), one "
+        "forward of the model (seconds, GFLOP counted by torch.utils.flop_counter, GFLOP/s, % of the ceiling), one "
         "training step through the engine's train_step in a process of its own (seconds, GFLOP/s from 3 x the "
-        "forward FLOPs, peak memory), the official multi-scale + flip test protocol on one synthetic photo "
-        "(seconds per image) and the paper's training augmentation (images/s). Times are the minimum over --repeat "
-        "runs after a warm-up. Prints a table; --json writes every number. On a CPU the default pspnet50 run takes "
-        "minutes (the protocol runs dozens of forwards per image).",
+        "training-mode forward FLOPs, peak memory), the official multi-scale + flip test protocol on one synthetic "
+        "photo (seconds per image) and the paper's training augmentation (images/s). In bf16 or fp16 the forward "
+        "runs a copy of the model cast to that dtype (channels_last); the training step and the protocol use "
+        "autocast. Times are the minimum over --repeat runs after a warm-up. Prints a table; --json writes every "
+        "number. On a CPU the default pspnet50 run takes minutes (the protocol runs dozens of forwards per image).",
     )
     bench.add_argument(
         "model",

@@ -16,7 +16,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import pspnet
 from pspnet import bench
-from pspnet.bench import WHAT, conv_flops, forward_flops, measure_forward, parse_what, run_bench, time_train_steps
+from pspnet.bench import (
+    WHAT,
+    conv_flops,
+    forward_flops,
+    measure_forward,
+    measure_train,
+    parse_what,
+    run_bench,
+    time_train_steps,
+)
 from pspnet.cli import main
 from pspnet.inference import resized_size, window_starts
 
@@ -119,6 +128,11 @@ def test_the_training_step_runs_train_step_in_its_own_process(report):
     assert train["flops"] == 3 * counter.get_total_flops()
     memory = train["memory"]
     assert memory["peak_bytes"] >= memory["before_bytes"] > 0 and memory["step_bytes"] >= 0
+
+
+def test_a_failure_in_the_training_process_is_raised_here():
+    with pytest.raises(RuntimeError, match="failed in its process: ValueError: steps must be positive, got 0"):
+        measure_train(_tiny_model().config, torch.device("cpu"), precision="fp32", size=SIZE, batch=1, repeat=0)
 
 
 def test_the_protocol_runs_every_window_of_every_scale_flipped(report):

@@ -533,16 +533,22 @@ def measure_train(
     progress(f"train: starting a process for {repeat + 1} steps of batch {batch} at {size[0]}x{size[1]}")
     process.start()
     sender.close()  # the child holds the only sending end: its exit ends recv() below
+    result: dict[str, Any] | None = None
     try:
         result = receiver.recv()
-    except EOFError:
+    except EOFError:  # it ended without sending
+        pass
+    except BaseException:  # interrupted here: the process started for the step ends too
+        process.terminate()
         process.join()
-        raise RuntimeError(
-            f"the training-step process ended without a result (exit code {process.exitcode}; out of memory?)"
-        ) from None
+        raise
     finally:
         receiver.close()
     process.join()
+    if result is None:
+        raise RuntimeError(
+            f"the training-step process ended without a result (exit code {process.exitcode}; out of memory?)"
+        )
     if "error" in result:
         raise RuntimeError(f"the training step failed in its process: {result['error']}")
     flops = 3 * forward_flops(config, batch, size[0], size[1], training=True)

@@ -148,6 +148,19 @@ def test_the_protocol_runs_every_window_of_every_scale_flipped(report):
     assert protocol["flops"] == 2 * windows * forward_flops(_tiny_model().config, 1, *CROP)
 
 
+def test_emulated_bf16_is_timed_on_one_shape_once(monkeypatch):
+    monkeypatch.setattr(bench, "native_bf16", lambda device: False)
+    ceiling = bench.measure_ceiling(torch.device("cpu"), shapes=SHAPES, repeat=2)
+    assert ceiling["emulated"] == ["bf16"]
+    bf16 = [
+        (r["layout"], r["c_in"], r["c_out"], r["height"], r["width"])
+        for r in ceiling["runs"]
+        if r["precision"] == "bf16"
+    ]
+    assert bf16 == [("NCHW", *SHAPES[0]), ("channels_last", *SHAPES[0])]
+    assert len([r for r in ceiling["runs"] if r["precision"] == "fp32"]) == 2 * len(SHAPES)
+
+
 def test_a_bf16_forward_runs_a_bf16_copy_and_keeps_the_callers_model():
     model = _tiny_model()
     result = measure_forward(model, torch.device("cpu"), precision="bf16", size=SIZE, repeat=1)

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("training and evaluation", {"engine"}),
     ("run directories", {"runs"}),
     ("front doors", {"segmenter", "introspect"}),
-    ("applications", {"predict", "demo"}),
+    ("applications", {"predict", "demo", "bench"}),
     ("command line and package", {"cli", "__init__"}),
 ]
 

@@ -1,4 +1,4 @@
-"""The ``pspnet`` command line: ``demo``, ``train``, ``eval``, ``predict``, ``convert``, ``info`` and ``data``.
+"""The ``pspnet`` command line: ``demo``, ``train``, ``eval``, ``predict``, ``convert``, ``info``, ``bench`` and ``data``.
 
 Exit status: 0 on success, 1 when the command ran but failed (bad checkpoint, failed conversion, bad input
 files), 2 on usage errors (argparse's convention), 130 / 143 when SIGINT / SIGTERM stopped it (training saves its
@@ -11,6 +11,7 @@ is shown unless ``--debug`` (or the environment variable ``PSPNET_DEBUG=1``) ask
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -60,6 +61,66 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  {part:<12} {flops / 1e9:>10.2f} GFLOP  ({100 * flops / summary.flops:.0f}%)")
     print(f"  {'total':<12} {summary.flops / 1e9:>10.2f} GFLOP")
     print("  counted by torch.utils.flop_counter on the meta device (convolutions and matrix products only)")
+    return 0
+
+
+def _what(text: str) -> tuple[str, ...]:
+    from .bench import parse_what
+
+    try:
+        return parse_what(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .atomic import atomic_open
+    from .bench import WHAT, bench_precision, format_report, run_bench
+    from .inference import resolve_device
+    from .runs import load_model
+
+    if args.model is not None and (args.arch is not None or args.classes is not None):
+        print("error: --arch and --classes build a model with random weights; MODEL brings its own", file=sys.stderr)
+        return 2
+    if args.json is not None and Path(args.json).is_dir():
+        print(f"error: --json {args.json} is a folder; name the file to write", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    try:
+        bench_precision(args.precision, device)
+    except ValueError as error:  # fp16 without CUDA
+        print(f"error: --{error}", file=sys.stderr)
+        return 2
+    if args.model is not None:
+        model = load_model(args.model, device=device)
+        name = str(args.model)
+    else:
+        arch = args.arch or "pspnet50"
+        model = MODELS[arch](num_classes=args.classes or 150)
+        name = f"{arch} (random weights)"
+
+    def progress(line: str) -> None:
+        print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    report = run_bench(
+        model,
+        device=device,
+        precision=args.precision,
+        size=tuple(args.size),
+        batch=args.batch,
+        train_size=tuple(args.train_size),
+        train_batch=args.train_batch,
+        what=args.what or WHAT,
+        repeat=args.repeat,
+        name=name,
+        progress=progress,
+    )
+    print(format_report(report))
+    if args.json is not None:
+        with atomic_open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -385,6 +446,67 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--stem", choices=sorted(STEMS), default="deep", help="ResNet stem (default: deep, official)")
     info.add_argument("--no-aux", action="store_true", help="build without the auxiliary head")
     info.set_defaults(func=_cmd_info)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure this machine: convolution ceiling, forward, training step, test protocol, data pipeline",
+        description="Measure, in one run on this machine: the ceiling (best sustained GFLOP/s of large 3x3 "
+        "convolutions, per precision and memory layout; FLOPs = 2 x Cin x Cout x 9 x Hout x Wout x N), the eval "
+        "forward of the model (seconds, GFLOP counted by torch.utils.flop_counter, GFLOP/s, % of the ceiling), one "
+        "training step through the engine's train_step in a process of its own (seconds, GFLOP/s from 3 x the "
+        "training-mode forward FLOPs, peak memory), the official multi-scale + flip test protocol on one synthetic "
+        "photo (seconds per image) and the paper's training augmentation (images/s). In bf16 or fp16 the forward "
+        "runs a copy of the model cast to that dtype (channels_last); the training step and the protocol use "
+        "autocast. Times are the minimum over --repeat runs after a warm-up. Prints a table; --json writes every "
+        "number. On a CPU the default pspnet50 run takes minutes (the protocol runs dozens of forwards per image).",
+    )
+    bench.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help="model file (.safetensors) or training run directory; its card gives the protocol's crop and base "
+        "size (default: --arch with random weights)",
+    )
+    bench.add_argument("--arch", choices=sorted(MODELS), help="model built with random weights (default: pspnet50)")
+    bench.add_argument("--classes", type=positive_int, help="classes of the --arch model (default: 150, ADE20K)")
+    bench.add_argument(
+        "--size",
+        nargs=2,
+        type=positive_int,
+        default=(512, 512),
+        metavar=("H", "W"),
+        help="input size of the forward, the protocol's photo and the augmented images (default: 512 512)",
+    )
+    bench.add_argument("--batch", type=positive_int, default=1, help="batch of the forward (default: 1)")
+    bench.add_argument(
+        "--train-size",
+        nargs=2,
+        type=positive_int,
+        default=(473, 473),
+        metavar=("H", "W"),
+        help="input size of the training step, and the augmentation's crop (default: 473 473)",
+    )
+    bench.add_argument("--train-batch", type=positive_int, default=2, help="batch of the training step (default: 2)")
+    bench.add_argument(
+        "--what",
+        type=_what,
+        metavar="LIST",
+        help="what to measure, comma-separated: ceiling,forward,train,protocol,data (default: all five)",
+    )
+    bench.add_argument(
+        "--precision",
+        choices=list(PRECISION_CHOICES),
+        default="auto",
+        help="auto: bf16 where the device computes it natively, else fp32; fp16 only on CUDA (default: auto)",
+    )
+    bench.add_argument(
+        "--repeat", type=positive_int, default=3, help="timed runs of each measurement after its warm-up (default: 3)"
+    )
+    bench.add_argument(
+        "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
+    )
+    bench.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
+    bench.set_defaults(func=_cmd_bench)
 
     conv = commands.add_parser(
         "convert",

@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate a model file on a data set (mIoU, mAcc, allAcc, boundary IoU)",
         description="Evaluate a model file (or a training run directory) on a data set split: one confusion matrix "
-        "over the whole split gives mIoU, mAcc, allAcc and per-class IoU/accuracy; boundary IoU (d = 2%% of the "
+        "over the whole split gives mIoU, mAcc, allAcc and per-class IoU/accuracy; boundary IoU (d = 2% of the "
         "image diagonal) shows how sharp the edges are. Defaults come from the checkpoint's metadata (crop and base "
         "size) when it was made for this data set, else from the data set. Official single-scale protocol: "
         "--mode slide --flip; multi-scale: add --scales 0.5 0.75 1.0 1.25 1.5 1.75.",

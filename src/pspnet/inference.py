@@ -187,9 +187,14 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 
 
 def _device_words(device: torch.device) -> str:
-    """``"this CPU (AVX512)"`` or ``"cuda:0 (NVIDIA H100)"``: the device in a message."""
+    """``"this CPU (AVX512, AVX512_BF16)"`` or ``"cuda:0 (NVIDIA H100)"``: the device in a message."""
     if device.type == "cpu":
-        return f"this CPU ({torch.backends.cpu.get_cpu_capability()})"
+        flags = [torch.backends.cpu.get_cpu_capability()]
+        for name, flag in (("_is_avx512_bf16_supported", "AVX512_BF16"), ("_is_amx_tile_supported", "AMX")):
+            check = getattr(torch.cpu, name, None)
+            if check is not None and check():
+                flags.append(flag)
+        return f"this CPU ({', '.join(flags)})"
     if device.type == "cuda" and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

@@ -14,7 +14,7 @@ into a pspnet model file with ``pspnet convert --from official`` so that both si
   logits + 0.4 aux, SGD) against ``pspnet.engine.train.train_step``, the step ``pspnet train`` runs;
 - **protocol**: the official multi-scale (0.5 ... 1.75) + flip sliding-window test of one 512x683 image (the
   official per-window loop with float64 NumPy sums and cv2 resizes) against ``Segmenter`` with the same settings,
-  with the share of equal labels.
+  with the share of equal labels; each timed once, without a warm-up (it runs the network about 90 times).
 
 Times are the minimum over ``--repeat`` runs after a warm-up; every ratio compares two rows of this one run. The
 machine, CPU capability and command are printed first; docs/benchmarks.md keeps the results.
@@ -68,9 +68,10 @@ def machine() -> str:
     return f"{cpu}; capability {'+'.join(flags)}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def best_time(fn, repeat: int) -> float:
-    """The fastest of ``repeat`` calls of ``fn`` after one warm-up call, in seconds."""
-    fn()
+def best_time(fn, repeat: int, *, warm_up: bool = True) -> float:
+    """The fastest of ``repeat`` calls of ``fn`` (after one warm-up call unless ``warm_up`` is False), in seconds."""
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -183,7 +184,7 @@ def bench_protocol(path: Path, repeat: int) -> list[tuple[str, float, str]]:
             official, image, CLASSES, crop=473, base_size=512, scales=SCALES, mean=IMAGENET_MEAN, std=IMAGENET_STD
         )
 
-    rows = [("official multi-scale + flip test", best_time(run_official, repeat), "reference")]
+    rows = [("official multi-scale + flip test", best_time(run_official, repeat, warm_up=False), "reference")]
     for precision in ("fp32", "auto"):
         segmenter = Segmenter.from_checkpoint(
             path, device="cpu", precision=precision, mode="slide", scales=SCALES, flip=True
@@ -192,7 +193,7 @@ def bench_protocol(path: Path, repeat: int) -> list[tuple[str, float, str]]:
         def run(s: Segmenter = segmenter, key: str = precision) -> None:
             labels[key] = s.predict(image)
 
-        seconds = best_time(run, repeat)
+        seconds = best_time(run, repeat, warm_up=False)
         agree = float((labels[precision] == labels["official"]).mean())
         name = f"Segmenter multi-scale + flip, {precision} ({segmenter.settings.precision})"
         rows.append((name, seconds, f"labels equal {100 * agree:.3f}%"))

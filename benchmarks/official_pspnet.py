@@ -146,7 +146,17 @@ def _scale_process(
             prediction[s_h:e_h, s_w:e_w, :] += _net_process(model, image[s_h:e_h, s_w:e_w].copy(), mean, std)
     prediction /= np.expand_dims(count, 2)
     prediction = prediction[top : top + ori_h, left : left + ori_w]
-    return cv2.resize(prediction, (w, h), interpolation=cv2.INTER_LINEAR)
+    return _resize_channels(prediction, (w, h))
+
+
+def _resize_channels(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(array, size)`` (bilinear) of an (H, W, K) array of any K: the official code resizes all K
+    channels in one call, which OpenCV 5 allows for at most 4 channels, so they go in groups of 4 (the same
+    per-channel interpolation)."""
+    parts = [
+        cv2.resize(array[:, :, c : c + 4], size, interpolation=cv2.INTER_LINEAR) for c in range(0, array.shape[2], 4)
+    ]
+    return np.concatenate([p.reshape(size[1], size[0], -1) for p in parts], axis=2)
 
 
 def official_multiscale_labels(

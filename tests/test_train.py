@@ -665,3 +665,62 @@ def test_channels_last_training_matches_the_default_layout(tmp_path, data_root, 
         weights(tmp_path / "a" / "ckpt_2" / "model.safetensors"),
         rtol=training_rtol(data_root, steps=2),
     )
+
+
+# -- a budget in minutes ------------------------------------------------------------------------------------------
+
+
+def test_a_time_budget_fixes_the_schedule_once_and_resumes_bitwise(tmp_path, data_root, monkeypatch):
+    """time_budget: the step time measured at the start (on copies, the random state put back) sets the number of
+    iterations, which the run keeps: the run equals one given that count, and a resume does not measure again."""
+    real = train_module.measure_step_seconds
+    calls = []
+
+    def measured(*args, **kwargs):
+        calls.append(real(*args, **kwargs))  # the real probe runs (copies, random state) ...
+        return 0.5  # ... but the count it gives is fixed: 0.05 minutes at 0.5 s per step = 6 iterations
+
+    monkeypatch.setattr(train_module, "measure_step_seconds", measured)
+    base = {"checkpoint_every": 3, "val_split": None, "iterations": None}
+    budget = tmp_path / "budget"
+    train(tiny_config(data_root, time_budget=0.05, **base), budget, progress=False)
+    assert len(calls) == 1 and calls[0] > 0
+    assert checkpoints(budget) == [3, 6]
+    event = [r for r in read_log(budget) if r.get("event") == "time budget"]
+    assert event == [
+        {"iteration": 0, "event": "time budget", "minutes": 0.05, "seconds_per_step": 0.5, "iterations": 6}
+    ]
+    _, info = read_weights_file(budget / "ckpt_6" / "state.safetensors")
+    assert info["total_iterations"] == 6 and info["config"]["time_budget"] == 0.05
+
+    explicit = tmp_path / "explicit"
+    train(tiny_config(data_root, **{**base, "iterations": 6}), explicit, progress=False)
+    assert_equal_tensors(
+        weights(budget / "ckpt_6" / "model.safetensors"), weights(explicit / "ckpt_6" / "model.safetensors")
+    )
+
+    shutil.rmtree(budget / "ckpt_6")
+    monkeypatch.setattr(train_module, "measure_step_seconds", lambda *a, **k: pytest.fail("measured again"))
+    train(tiny_config(data_root, time_budget=0.05, **base), budget, resume=budget, progress=False)
+    assert_equal_tensors(
+        weights(budget / "ckpt_6" / "model.safetensors"), weights(explicit / "ckpt_6" / "model.safetensors")
+    )
+
+
+def test_exactly_one_budget_is_given(data_root):
+    with pytest.raises(ConfigError, match="exactly one budget: iterations, epochs or time_budget"):
+        tiny_config(data_root, iterations=5, time_budget=1.0)
+    with pytest.raises(ConfigError, match="must be positive"):
+        tiny_config(data_root, iterations=None, time_budget=0)
+
+
+@pytest.mark.parametrize("native, resolved", [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_trains_in_bf16_only_where_native_and_saves_what_it_chose(
+    tmp_path, data_root, monkeypatch, native, resolved
+):
+    monkeypatch.setattr("pspnet.inference.native_bf16", lambda device: native)
+    out = tmp_path / "run"
+    train(tiny_config(data_root, precision="auto", iterations=1, val_split=None), out, progress=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["precision"] == resolved
+    _, info = read_weights_file(out / "ckpt_1" / "state.safetensors")
+    assert info["config"]["precision"] == resolved

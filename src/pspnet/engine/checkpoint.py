@@ -60,6 +60,7 @@ class TrainState:
     train_seconds: float = 0.0
     scaler: dict[str, Any] = field(default_factory=dict)
     class_weights: list[float] | None = None  # the run's loss weights per class (class_weighting), fixed at its start
+    total_iterations: int | None = None  # the schedule's length a time_budget run derived at its start
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -122,6 +123,7 @@ def save_checkpoint(
         "best_miou": state.best_miou,
         "best_iteration": state.best_iteration,
         "train_seconds": state.train_seconds,
+        "total_iterations": state.total_iterations,
         "scaler": state.scaler,
         "class_weights": state.class_weights,
         "config": config,
@@ -194,7 +196,15 @@ def _check_class_weights(path: Path, value: Any, num_classes: int) -> None:
 # The keys of a training state's metadata. kind, format_version and tensors_sha256 are checked by read_weights_file
 # (and kind below), scaler and class_weights by the functions above, the rest by these rules.
 _STATE_REQUIRED = ("kind", "format_version", "tensors_sha256", "iteration", "epoch", "step_in_epoch")
-_STATE_OPTIONAL = ("best_miou", "best_iteration", "train_seconds", "scaler", "class_weights", "config")
+_STATE_OPTIONAL = (
+    "best_miou",
+    "best_iteration",
+    "train_seconds",
+    "scaler",
+    "class_weights",
+    "config",
+    "total_iterations",
+)
 _STATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "iteration": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
     "epoch": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
@@ -202,6 +212,7 @@ _STATE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "best_miou": (lambda v: v is None or (is_number(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
     "best_iteration": (lambda v: v is None or (is_int(v) and v >= 0), "null or an integer >= 0"),
     "train_seconds": (lambda v: is_number(v) and v >= 0, "a finite number >= 0"),
+    "total_iterations": (lambda v: v is None or (is_int(v) and v >= 1), "null or a positive integer"),
     "config": (lambda v: isinstance(v, dict), "an object (the run's config)"),
 }
 
@@ -236,6 +247,7 @@ def train_state_from_meta(path: Path, info: Mapping[str, Any], *, num_classes: i
         best_miou=None if info.get("best_miou") is None else float(info["best_miou"]),
         best_iteration=info.get("best_iteration"),
         train_seconds=float(info.get("train_seconds", 0.0)),
+        total_iterations=info.get("total_iterations"),
         scaler=info.get("scaler", {}),
         class_weights=None if info.get("class_weights") is None else [float(w) for w in info["class_weights"]],
     )

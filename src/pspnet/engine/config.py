@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data.datasets import DATASET_READERS
 from ..errors import ConfigError
-from ..inference import MODES, PRECISIONS
+from ..inference import MODES, PRECISION_CHOICES
 from ..models.config import ModelConfig, check_model_config
 from ..parsing import coerce_fields, load_yaml, shown, yaml_problem
 
@@ -60,9 +60,10 @@ class TrainConfig:
     ignore_index: int = 255
     class_weighting: str = "none"  # one of CLASS_WEIGHTINGS
     iterations: int | None = None  # budget in optimiser steps; or
-    epochs: int | None = None  # budget in passes over the training split
+    epochs: int | None = None  # budget in passes over the training split; or
+    time_budget: float | None = None  # budget in minutes of training steps, turned into steps at the start
     # speed
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with loss scaling, GPU only)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (loss scaling, GPU only) | auto (bf16 where native, else fp32)
     channels_last: bool = False
     compile: bool = False
     device: str = "auto"
@@ -169,18 +170,19 @@ def _validate_train(c: TrainConfig) -> None:
     def fail(message: str) -> None:
         raise ConfigError(message)
 
-    if (c.iterations is None) == (c.epochs is None):
-        fail("give exactly one budget: iterations or epochs")
-    if (c.iterations or c.epochs or 0) < 1:
-        fail("the budget (iterations or epochs) must be positive")
+    budgets = [value for value in (c.iterations, c.epochs, c.time_budget) if value is not None]
+    if len(budgets) != 1:
+        fail("give exactly one budget: iterations, epochs or time_budget (minutes)")
+    if budgets[0] <= 0 or (c.time_budget is None and budgets[0] < 1):
+        fail("the budget (iterations, epochs or time_budget) must be positive")
     if len(c.crop_size) != 2 or min(c.crop_size) < 1:
         fail(f"crop_size must be [height, width], got {list(c.crop_size)}")
     if len(c.scale_range) != 2 or not 0 < c.scale_range[0] <= c.scale_range[1]:
         fail(f"scale_range must be [low, high] with 0 < low <= high, got {list(c.scale_range)}")
     if len(c.rotate_range) != 2 or c.rotate_range[0] > c.rotate_range[1]:
         fail(f"rotate_range must be [low, high] degrees, got {list(c.rotate_range)}")
-    if c.precision not in PRECISIONS:
-        fail(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+    if c.precision not in PRECISION_CHOICES:
+        fail(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {c.precision!r}")
     if c.batch_size < 1 or c.accumulate < 1:
         fail("batch_size and accumulate must be positive")
     if c.checkpoint_every < 1 or c.keep_last < 1 or c.log_every < 1:

@@ -30,6 +30,8 @@ after each step the loop logs, validates, checkpoints and checks for a stop sign
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import importlib
 import json
 import math
@@ -72,6 +74,7 @@ __all__ = [
     "TrainingRun",
     "TrainingStopped",
     "class_pixel_statistics",
+    "measure_step_seconds",
     "param_groups",
     "poly_lr",
     "set_up_run",
@@ -460,6 +463,8 @@ def train(
     except ValueError as error:  # a CUDA device on a machine without one
         raise ConfigError(f"device: {error}") from None
     dist = distributed.setup(device)
+    if config.precision == "auto":  # bf16 where this device computes it natively, else fp32; saved as resolved
+        config = dataclasses.replace(config, precision=resolve_precision("auto", dist.device)[0])
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         with _StopRequest() as stop:
@@ -605,6 +610,68 @@ def _open_log(
     return log
 
 
+def _wrap_for_processes(model: nn.Module, dist: distributed.DistInfo) -> nn.Module:
+    """``model`` itself in one process; under torch.distributed wrapped in DistributedDataParallel (with
+    SyncBatchNorm on GPUs)."""
+    if not dist.distributed:
+        return model
+    if dist.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+
+def measure_step_seconds(
+    config: TrainConfig,
+    model: nn.Module,
+    dist: distributed.DistInfo,
+    train_set: SegmentationDataset,
+    micro_batch: int,
+    settings: StepSettings,
+    *,
+    steps: int = 2,
+) -> float:
+    """Seconds of one optimiser step of this run, measured before it starts: copies of the model and of a fresh
+    optimiser run :func:`train_step` on the run's first step's batches, once to warm up and then ``steps`` times
+    (the fastest counts); the slowest process's time counts under torch.distributed. The random state is put back
+    afterwards, so the run that follows is exactly the one an explicit iteration count would give. Data loading,
+    validation and checkpoints are not counted."""
+    first = step_batches(
+        len(train_set),
+        seed=config.seed,
+        epoch=0,
+        micro_batch=micro_batch,
+        accumulate=config.accumulate,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )[0]
+    train_set.set_epoch(0)
+    batches = [collate([train_set[i] for i in indices]) for indices in first]
+    saved_rng = rng_state()
+    probe = copy.deepcopy(model)
+    net = _wrap_for_processes(probe, dist)
+    optimizer = torch.optim.SGD(
+        param_groups(probe, lr=config.lr, head_lr_mult=config.head_lr_mult),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+    times = []
+    for _ in range(steps + 1):
+        if dist.device.type == "cuda":
+            torch.cuda.synchronize(dist.device)
+        start = time.perf_counter()
+        train_step(net, optimizer, scaler, batches, settings)
+        if dist.device.type == "cuda":
+            torch.cuda.synchronize(dist.device)
+        times.append(time.perf_counter() - start)
+    torch.set_rng_state(saved_rng["torch"])
+    if "cuda" in saved_rng and dist.device.type == "cuda":
+        torch.cuda.set_rng_state(saved_rng["cuda"], dist.device)
+    seconds = torch.tensor([min(times[1:])], dtype=torch.float64, device=dist.device)
+    return float(distributed.all_reduce_max(seconds)[0])
+
+
 def set_up_run(
     config: TrainConfig,
     out: Path,
@@ -641,7 +708,12 @@ def set_up_run(
     steps_per_epoch = len(train_set) // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"the training split has {len(train_set)} images, fewer than batch_size {config.batch_size}")
-    total = config.iterations if config.iterations is not None else config.epochs * steps_per_epoch  # type: ignore
+    if config.iterations is not None:
+        total = config.iterations
+    elif config.epochs is not None:
+        total = config.epochs * steps_per_epoch
+    else:  # a time budget: the length comes from the measured speed, below
+        total = 0
 
     if config.model.num_classes not in (None, info.num_classes):
         raise ConfigError(f"num_classes {config.model.num_classes} differs from the data set's {info.num_classes}")
@@ -683,12 +755,15 @@ def set_up_run(
     if state.scaler and config.precision == "fp16":
         scaler.load_state_dict(state.scaler)
 
-    net: nn.Module = model
-    if dist.distributed:
-        if device.type == "cuda":
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    net = _wrap_for_processes(model, dist)
     forward = torch.compile(net) if config.compile else net
+    step_settings = StepSettings.from_config(config, world_size=dist.world_size, class_weights=class_weights)
+    measured: float | None = None  # seconds per step, when a time budget is turned into steps now
+    if config.time_budget is not None:
+        if state.total_iterations is None:  # a new run: its schedule's length comes from its measured speed
+            measured = measure_step_seconds(config, model, dist, train_set, micro_batch, step_settings)
+            state.total_iterations = max(1, int(config.time_budget * 60 / measured))
+        total = state.total_iterations
 
     log = None
     if dist.is_main:
@@ -704,6 +779,11 @@ def set_up_run(
             classes=info.classes,
             progress=progress,
         )
+        if measured is not None:
+            record = {"minutes": config.time_budget, "seconds_per_step": round(measured, 4), "iterations": total}
+            log.write({"iteration": 0, "event": "time budget", **record})
+            if progress:
+                tqdm.write(f"time budget {config.time_budget} min at {measured:.3g} s per step: {total} iterations")
     return TrainingRun(
         config=config,
         out=out,
@@ -720,7 +800,7 @@ def set_up_run(
         optimizer=optimizer,
         scaler=scaler,
         class_weights=class_weights,
-        step_settings=StepSettings.from_config(config, world_size=dist.world_size, class_weights=class_weights),
+        step_settings=step_settings,
         state=state,
         checkpoint=checkpoint,
         log=log,

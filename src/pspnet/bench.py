@@ -8,8 +8,8 @@ Five measurements (:data:`WHAT`), each its own function, joined by :func:`run_be
   channels_last). FLOPs = 2 x Cin x Cout x 9 x Hout x Wout x N (:func:`conv_flops`). Where the device has no native
   bf16 it is emulated, tens of times slower: bf16 is then timed on the first shape only, once.
 - **forward** (:func:`measure_forward`): the eval forward of the model, batch B at H x W, under
-  ``torch.inference_mode``: fp32 as built (NCHW); bf16 and fp16 with the weights and inputs cast to that dtype once,
-  channels_last. GFLOP counted by ``torch.utils.flop_counter`` on the meta device (:func:`forward_flops`), and the
+  ``torch.inference_mode``, on a copy prepared as ``Segmenter`` prepares the model it loads (BatchNorm folded; fp32
+  NCHW; bf16, and fp16 on CUDA, with the weights and inputs in that dtype, channels_last). GFLOP counted by ``torch.utils.flop_counter`` on the meta device (:func:`forward_flops`), and the
   share of the ceiling of the same precision (its best layout).
 - **train** (:func:`measure_train`): optimiser steps by :func:`pspnet.engine.train.train_step`, the function
   ``pspnet train`` runs (SGD from :func:`~pspnet.engine.train.param_groups`, lr 0.01, head x10, momentum 0.9, weight
@@ -18,7 +18,8 @@ Five measurements (:data:`WHAT`), each its own function, joined by :func:`run_be
   the RSS just before the first step; ``torch.cuda.max_memory_allocated`` on CUDA. GFLOP/s = 3 x the training-mode
   forward FLOPs (aux head included) per step / seconds per step (backward ~ 2 x forward).
 - **protocol** (:func:`measure_protocol`): the official multi-scale + flip test (scales :data:`PROTOCOL_SCALES`,
-  sliding windows) on one synthetic photo through :class:`~pspnet.segmenter.Segmenter`: seconds per image.
+  sliding windows) on one synthetic photo through :class:`~pspnet.segmenter.Segmenter`, the model prepared as for
+  the forward: seconds per image.
 - **data** (:func:`measure_data`): the paper's training augmentation
   (:func:`~pspnet.data.transforms.paper_train_transform`) on synthetic uint8 images and masks, in this process:
   images per second.
@@ -50,10 +51,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from .constants import __version__
 from .data.transforms import paper_train_transform
 from .engine.train import StepSettings, param_groups, train_step
-from .inference import PRECISIONS, InferenceSettings, infer_proba, native_bf16, normalize, resolve_precision
+from .inference import PRECISIONS, InferenceSettings, infer_proba, native_bf16, resolve_precision
 from .models.config import ModelConfig
 from .models.pspnet import PSPNet, build_model
-from .segmenter import Segmenter
+from .segmenter import Segmenter, prepare_for_inference
 
 __all__ = [
     "CEILING_SHAPES",
@@ -327,12 +328,14 @@ def measure_ceiling(
 
 
 def _forward_copy(model: PSPNet, precision: str) -> tuple[torch.nn.Module, torch.dtype, torch.memory_format]:
-    """The model to time for ``precision``: fp32 as it is (NCHW); bf16 / fp16 a copy cast to that dtype, in
-    channels_last. Returns (model, input dtype, input memory format)."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return model, next(model.parameters()).dtype, torch.contiguous_format
-    return copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last), dtype, torch.channels_last
+    """The model to time for ``precision``: a copy prepared as ``Segmenter`` prepares the model it loads
+    (:func:`~pspnet.segmenter.prepare_for_inference`: BatchNorm folded; bf16 weights in channels_last), fp16 (CUDA)
+    cast to float16 in channels_last. Returns (model, input dtype, input memory format)."""
+    net = prepare_for_inference(copy.deepcopy(model), precision)
+    if precision == "fp16":
+        net = net.to(dtype=torch.float16, memory_format=torch.channels_last)
+    dtype = next(net.parameters()).dtype
+    return net, dtype, torch.contiguous_format if dtype == torch.float32 else torch.channels_last
 
 
 def measure_forward(
@@ -363,7 +366,9 @@ def measure_forward(
     top = (ceiling or {}).get("best", {}).get(precision)
     return {
         "precision": precision,
-        "how": "as built, NCHW" if PRECISIONS[precision] is None else f"weights and inputs {dtype}, channels_last",
+        "how": "BatchNorm folded, NCHW"
+        if dtype == torch.float32
+        else f"BatchNorm folded, weights and inputs {dtype}, channels_last",
         "batch": batch,
         "height": height,
         "width": width,
@@ -580,7 +585,7 @@ def measure_protocol(
 ) -> dict[str, Any]:
     """Seconds per image of the official multi-scale + flip test (:data:`PROTOCOL_SCALES`, sliding windows of
     ``crop_size`` with stride 2/3, long side ``base_size`` at scale 1) on one synthetic ``size`` = (H, W) RGB photo
-    through :class:`~pspnet.segmenter.Segmenter` at ``precision`` (autocast), label map included. Crop and base size
+    through :class:`~pspnet.segmenter.Segmenter` at ``precision``, the model prepared as ``Segmenter.from_checkpoint`` prepares it (:func:`~pspnet.segmenter.prepare_for_inference`), label map included. Crop and base size
     default to the model card's, else 473x473 and 512. One whole-crop forward warms up; each of the ``repeat`` timed
     runs is one image. ``forward_images`` counts the images the network ran on per photo (windows, flips), and
     ``flops`` their forwards' FLOPs (:func:`forward_flops`; the resizing, softmax and averaging are not counted)."""
@@ -590,18 +595,18 @@ def measure_protocol(
     settings = InferenceSettings(
         mode="slide", crop_size=crop, base_size=base, scales=PROTOCOL_SCALES, flip=True, precision=precision
     )
-    segmenter = Segmenter(model, settings)
+    segmenter = Segmenter(prepare_for_inference(copy.deepcopy(model), precision), settings)
     height, width = size
     photo = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     progress(f"protocol: warm-up forward at {crop[0]}x{crop[1]}")
-    warm = torch.zeros(1, 3, *crop, device=device)
-    infer_proba(segmenter.model, normalize(warm, segmenter.mean, segmenter.std), InferenceSettings(precision=precision))
+    warm = torch.zeros(1, 3, *crop, device=device, dtype=segmenter.dtype)
+    infer_proba(segmenter.model, warm, InferenceSettings(precision=precision))
     inputs_seen: list[tuple[int, int, int]] = []  # (batch, height, width) of every network forward
 
     def record(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         inputs_seen.append((int(inputs[0].shape[0]), int(inputs[0].shape[2]), int(inputs[0].shape[3])))
 
-    handle = model.register_forward_pre_hook(record)
+    handle = segmenter.model.register_forward_pre_hook(record)
     samples: list[float] = []
     try:
         for run in range(repeat):

@@ -41,7 +41,7 @@ from .models.pspnet import PSPNet
 from .runs import load_model
 from .weights.model_file import make_card
 
-__all__ = ["ImageInput", "Segmenter", "as_rgb_array", "size_batches"]
+__all__ = ["ImageInput", "Segmenter", "as_rgb_array", "prepare_for_inference", "size_batches"]
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -85,6 +85,17 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{where}the image has no pixels (size {array.shape[1]}x{array.shape[0]})")
     return array
+
+
+def prepare_for_inference(model: PSPNet, precision: str) -> PSPNet:
+    """``model`` made ready for fast inference at ``precision``, in place, and returned: BatchNorm folded into the
+    convolutions (:meth:`PSPNet.fold_batchnorm`), and for bf16 the weights cast to bfloat16 once, in the
+    channels-last layout (inputs follow the weights' dtype; fp32 and fp16 keep float32 weights, fp16 by autocast).
+    The model can no longer train; :meth:`Segmenter.from_checkpoint` does this to the model it loads."""
+    model.fold_batchnorm()
+    if precision == "bf16":
+        model.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    return model
 
 
 def size_batches(shapes: Sequence[tuple[int, ...]], max_batch: int) -> list[list[int]]:
@@ -164,10 +175,7 @@ class Segmenter:
             )
         except ValueError as error:  # the file's crop or base size, or the arguments, beyond the limits
             raise ValueError(f"inference settings for {os.fspath(path)}: {error}") from None
-        model.fold_batchnorm()
-        if chosen == "bf16":  # cast once, not at every call as autocast does
-            model.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        segmenter = cls(model, settings, max_batch=max_batch)
+        segmenter = cls(prepare_for_inference(model, chosen), settings, max_batch=max_batch)
         segmenter.precision_reason = reason
         return segmenter
 

@@ -1,4 +1,5 @@
-"""pspnet demo end to end with a handful of iterations (the real demo trains for DEMO_CONFIG['iterations'])."""
+"""pspnet demo end to end with a handful of iterations (the real demo trains for DEMO_CONFIG['time_budget']
+minutes of training steps)."""
 
 import json
 import re
@@ -19,6 +20,7 @@ def test_demo_config_file_matches_the_package():
 def test_demo_with_ablation_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     from pspnet import demo
 
+    monkeypatch.setitem(demo.DEMO_CONFIG, "time_budget", None)
     monkeypatch.setitem(demo.DEMO_CONFIG, "iterations", 3)
     monkeypatch.setitem(demo.DEMO_CONFIG, "checkpoint_every", 3)
     monkeypatch.setitem(demo.DEMO_CONFIG, "val_every", 3)

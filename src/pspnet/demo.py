@@ -54,7 +54,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "dropout": 0.1,
     "batch_size": 6,
     "lr": 0.01,
-    "iterations": 300,
+    "time_budget": 4.0,
     "checkpoint_every": 100,
     "val_every": 100,
     "keep_last": 1,
@@ -218,7 +218,7 @@ def run_demo(
     _prepare(out, force)
     seconds: dict[str, float] = {}
     data_root = write_synthetic_dataset(out / "data", **SCENES, seed=0)
-    config = demo_config(data_root, **({"iterations": iterations} if iterations else {}))
+    config = demo_config(data_root, **({"iterations": iterations, "time_budget": None} if iterations else {}))
     if iterations:
         config = replace(config, checkpoint_every=iterations, val_every=iterations)
     print(class_table())
@@ -231,7 +231,8 @@ def run_demo(
     val = build_dataset("folder", data_root, "val")
     for label, variant in variants.items():
         name = "PSPNet" if not label else "PSPNet without pyramid pooling"
-        print(f"training {name} for {variant.iterations} iterations ...", flush=True)
+        length = f"{variant.iterations} iterations" if variant.iterations else f"{variant.time_budget} minutes of steps"
+        print(f"training {name} for {length} ...", flush=True)
         tick = time.perf_counter()
         train(variant, out / f"run{label}", progress=progress)
         seconds[f"training{label.replace('_', ' ')}"] = time.perf_counter() - tick

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import platform
 import resource
 import shlex
 import sys
@@ -43,8 +42,10 @@ from official_pspnet import OfficialPSPNet, official_multiscale_labels, official
 from reference_pspnet import official_state_dict
 
 import pspnet
+from pspnet.bench import machine_info
 from pspnet.constants import IMAGENET_MEAN, IMAGENET_STD
 from pspnet.engine.train import StepSettings, param_groups, train_step
+from pspnet.inference import cpu_flags, normalize
 from pspnet.segmenter import Segmenter
 from pspnet.weights.convert import convert
 
@@ -54,18 +55,12 @@ SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor() or "?",
+    """The CPU, its flags (capability, AVX512_BF16, AMX), torch and threads: the header of every record."""
+    info = machine_info(torch.device("cpu"))
+    return (
+        f"{info['cpu_model']}; capability {'+'.join(cpu_flags())}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
     )
-    flags = [torch.backends.cpu.get_cpu_capability()]
-    flags += ["AVX512_BF16"] if torch.cpu._is_avx512_bf16_supported() else []
-    flags += ["AMX"] if torch.cpu._is_amx_tile_supported() else []
-    return f"{cpu}; capability {'+'.join(flags)}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def best_time(fn, repeat: int, *, warm_up: bool = True) -> float:
@@ -102,8 +97,8 @@ def photo(height: int, width: int) -> np.ndarray:
 
 
 def normalized(image: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    """(1, 3, H, W) float32 for an (H, W, 3) uint8 RGB image, normalised with ImageNet's mean and std."""
+    return normalize(torch.from_numpy(image).permute(2, 0, 1)[None], IMAGENET_MEAN, IMAGENET_STD)
 
 
 def bench_forward(path: Path, repeat: int) -> list[tuple[str, float, str]]:
@@ -139,8 +134,7 @@ def _train_worker(kind: str, path: str, repeat: int, queue: multiprocessing.Queu
         model = OfficialPSPNet(CLASSES)
         model.load_state_dict(official_state_dict(KEY_FILE, seed=0))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        x = (images.float() - mean) / std
+        x = normalize(images, IMAGENET_MEAN, IMAGENET_STD)
 
         def step() -> float:
             return official_train_step(model, optimizer, x, target)

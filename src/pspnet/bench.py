@@ -41,7 +41,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .constants import __version__
 from .data.transforms import paper_train_transform
 from .engine.train import StepSettings, param_groups, train_step
-from .inference import PRECISIONS, InferenceSettings, infer_proba, native_bf16, resolve_precision
+from .errors import show_warning_line
+from .inference import PRECISIONS, InferenceSettings, cpu_flags, infer_proba, native_bf16, resolve_precision
 from .models.config import ModelConfig
 from .models.pspnet import PSPNet, build_model
 from .segmenter import Segmenter, prepare_for_inference
@@ -196,9 +197,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "native_bf16": native_bf16(device),
     }
     if device.type == "cpu":
-        capability = torch.backends.cpu.get_cpu_capability()
-        bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-        amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+        capability, *extras = cpu_flags()
+        bf16, amx = "AVX512_BF16" in extras, "AMX" in extras
         info.update(
             capability=capability,
             avx512_bf16=bf16,
@@ -477,22 +477,10 @@ def time_train_steps(
     }
 
 
-def _one_line_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
-    """A warning of the spawned process as one ``warning: ...`` line on stderr, as ``pspnet`` prints them."""
-    print(f"warning: {' '.join(str(message).split())}", file=file if file is not None else sys.stderr)
-
-
 def _train_worker(connection: Any, arguments: dict[str, Any]) -> None:
     """The spawned process of :func:`measure_train`: :func:`time_train_steps`, its result (or its error as
     ``{"error": text}``) sent back through ``connection``."""
-    warnings.showwarning = _one_line_warning
+    warnings.showwarning = show_warning_line  # as pspnet prints warnings
     try:
         progress: Progress = _quiet
         if arguments.pop("progress"):

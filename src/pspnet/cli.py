@@ -25,7 +25,7 @@ from .constants import __version__
 from .data.classes import DATASETS
 from .data.cli_data import add_data_commands, positive_int
 from .data.datasets import DATASET_READERS
-from .errors import InputError, TrainingStopped
+from .errors import InputError, TrainingStopped, show_warning_line
 from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISION_CHOICES
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
@@ -720,8 +720,7 @@ def _as_flags(error: InputError) -> InputError | str:
     detail = error.detail
     for name, flag in _FLAGS.items():
         detail = detail.replace(f" {name}=", f" {flag} ")
-    separator = "" if detail.startswith(":") else " "
-    return f"{_FLAGS.get(error.argument, error.argument)}{separator}{detail}"
+    return error.naming(_FLAGS.get(error.argument, error.argument), detail)
 
 
 def _os_error(error: OSError) -> str:
@@ -734,18 +733,12 @@ def _os_error(error: OSError) -> str:
     return f"{where}: {error.strerror or one_line(error)}"
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (ours, Pillow's on a damaged file, PyTorch's) as one ``warning: ...`` line, without the source
-    line Python prints under them."""
-    print(f"warning: {' '.join(str(message).split())}", file=file if file is not None else sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("PSPNET_DEBUG", "") not in ("", "0")
     with warnings.catch_warnings():  # the warning printer is restored when the command returns
         if not debug:
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = show_warning_line
         return _run(args, debug)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 __all__ = [
@@ -14,7 +15,14 @@ __all__ = [
     "InputError",
     "LayoutError",
     "TrainingStopped",
+    "show_warning_line",
 ]
+
+
+def show_warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A ``warnings.showwarning`` that prints a warning (ours, Pillow's on a damaged file, PyTorch's) as one
+    ``warning: ...`` line on stderr, without the source line Python prints under it: how pspnet shows warnings."""
+    print(f"warning: {' '.join(str(message).split())}", file=file if file is not None else sys.stderr)
 
 
 class InputError(ValueError):
@@ -26,8 +34,13 @@ class InputError(ValueError):
     def __init__(self, message: str, *, argument: str | None = None):
         self.argument = argument
         self.detail = message
-        separator = "" if message.startswith(":") else " "
-        super().__init__(f"{argument}{separator}{message}" if argument else message)
+        super().__init__(self.naming(argument) if argument else message)
+
+    def naming(self, name: str, detail: str | None = None) -> str:
+        """The message with ``name`` (the argument, or the flag it was given as) in front of ``detail`` (default:
+        this error's), joined by a space, or directly before a detail that starts with a colon."""
+        detail = self.detail if detail is None else detail
+        return f"{name}{'' if detail.startswith(':') else ' '}{detail}"
 
 
 class ConfigError(InputError):

@@ -49,6 +49,7 @@ __all__ = [
     "PRECISION_CHOICES",
     "InferenceSettings",
     "check_image_size",
+    "cpu_flags",
     "infer_proba",
     "native_bf16",
     "normalize",
@@ -150,14 +151,24 @@ class InferenceSettings:
         return cls(**fields)  # validated once, with every field in place
 
 
+def cpu_flags() -> list[str]:
+    """This CPU's vector capability (``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512, ...), followed by
+    ``AVX512_BF16`` and ``AMX`` when it has them (``get_cpu_capability`` does not say)."""
+    flags = [torch.backends.cpu.get_cpu_capability()]
+    for name, flag in (("_is_avx512_bf16_supported", "AVX512_BF16"), ("_is_amx_tile_supported", "AMX")):
+        check = getattr(torch.cpu, name, None)
+        if check is not None and check():
+            flags.append(flag)
+    return flags
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX512_BF16 or AMX
     tiles. Elsewhere (AVX2-only CPUs, Apple MPS) PyTorch emulates bf16 convolutions, tens of times slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(bool(check()) for check in checks if check is not None)
+        return bool({"AVX512_BF16", "AMX"} & set(cpu_flags()))
     return False
 
 
@@ -189,12 +200,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 def _device_words(device: torch.device) -> str:
     """``"this CPU (AVX512, AVX512_BF16)"`` or ``"cuda:0 (NVIDIA H100)"``: the device in a message."""
     if device.type == "cpu":
-        flags = [torch.backends.cpu.get_cpu_capability()]
-        for name, flag in (("_is_avx512_bf16_supported", "AVX512_BF16"), ("_is_amx_tile_supported", "AMX")):
-            check = getattr(torch.cpu, name, None)
-            if check is not None and check():
-                flags.append(flag)
-        return f"this CPU ({', '.join(flags)})"
+        return f"this CPU ({', '.join(cpu_flags())})"
     if device.type == "cuda" and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

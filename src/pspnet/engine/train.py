@@ -74,6 +74,7 @@ __all__ = [
     "TrainingRun",
     "TrainingStopped",
     "class_pixel_statistics",
+    "make_optimizer",
     "measure_step_seconds",
     "param_groups",
     "poly_lr",
@@ -175,6 +176,16 @@ def step_batches(
             ]
         )
     return steps
+
+
+def make_optimizer(model: PSPNet, config: TrainConfig) -> torch.optim.SGD:
+    """The run's SGD: :func:`param_groups` at ``config.lr`` (head x ``head_lr_mult``), its momentum and weight decay."""
+    return torch.optim.SGD(
+        param_groups(model, lr=config.lr, head_lr_mult=config.head_lr_mult),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
 
 
 def _freeze_batchnorm(model: nn.Module) -> None:
@@ -649,12 +660,7 @@ def measure_step_seconds(
     saved_rng = rng_state()
     probe = copy.deepcopy(model)
     net = _wrap_for_processes(probe, dist)
-    optimizer = torch.optim.SGD(
-        param_groups(probe, lr=config.lr, head_lr_mult=config.head_lr_mult),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = make_optimizer(probe, config)
     scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
     times = []
     for _ in range(steps + 1):
@@ -728,12 +734,7 @@ def set_up_run(
     param_dtype = next(model.parameters()).dtype
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, lr=config.lr, head_lr_mult=config.head_lr_mult),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = make_optimizer(model, config)
     state = TrainState()
     if checkpoint is not None:
         state, saved_config = load_checkpoint(

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "pspnet"
 
 # Lowest first. A node may import nodes of its own layer or of lower ones.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("ground", {"constants", "errors", "atomic", "parsing"}),
+    ("ground", {"constants", "errors", "atomic", "parsing", "heap"}),
     ("data, models, pictures", {"data", "models", "visualize"}),
     ("inference", {"inference"}),
     ("model files", {"weights"}),

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import heap
 from .constants import __version__
 from .data.transforms import paper_train_transform
 from .engine.train import StepSettings, param_groups, train_step
@@ -182,7 +183,8 @@ def _cpu_model() -> str | None:
 def machine_info(device: torch.device) -> dict[str, Any]:
     """Versions, threads and the device: on a CPU its vector capability (``isa``: AMX, AVX512_BF16, else
     ``torch.backends.cpu.get_cpu_capability()``, e.g. AVX512 or AVX2) and whether it has native bf16 and AMX tiles;
-    on CUDA the GPU's name and whether fp32 convolutions may use TF32. ``load_average`` (1, 5, 15 minutes; None where
+    on CUDA the GPU's name and whether fp32 convolutions may use TF32. ``heap_kept``: whether freed memory stays in the
+    process for reuse (:func:`pspnet.heap.keep_freed_memory`, which the ``pspnet`` command applies). ``load_average`` (1, 5, 15 minutes; None where
     the system has none) tells whether other work shared the machine."""
     info: dict[str, Any] = {
         "pspnet": __version__,
@@ -195,6 +197,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": str(device),
         "native_bf16": native_bf16(device),
+        "heap_kept": heap.kept(),
     }
     if device.type == "cpu":
         capability, *extras = cpu_flags()
@@ -438,7 +441,7 @@ def time_train_steps(
         weight_decay=TRAIN_WEIGHT_DECAY,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
-    settings = StepSettings(autocast_dtype=PRECISIONS[precision])
+    settings = StepSettings(autocast_dtype=PRECISIONS[precision], align_corners=config.align_corners)
     generator = torch.Generator().manual_seed(0)
     micro_batch = {
         "image": torch.randint(0, 256, (batch, 3, height, width), generator=generator, dtype=torch.uint8),
@@ -481,6 +484,8 @@ def _train_worker(connection: Any, arguments: dict[str, Any]) -> None:
     """The spawned process of :func:`measure_train`: :func:`time_train_steps`, its result (or its error as
     ``{"error": text}``) sent back through ``connection``."""
     warnings.showwarning = show_warning_line  # as pspnet prints warnings
+    if arguments.pop("heap_kept"):  # the heap as the parent's (a spawned process starts with glibc's defaults)
+        heap.keep_freed_memory()
     try:
         progress: Progress = _quiet
         if arguments.pop("progress"):
@@ -521,6 +526,7 @@ def measure_train(
         "steps": repeat,
         "threads": torch.get_num_threads(),
         "progress": progress is not _quiet,
+        "heap_kept": heap.kept(),
     }
     process = context.Process(target=_train_worker, args=(sender, arguments), name="pspnet-bench-train")
     progress(f"train: starting a process for {repeat + 1} steps of batch {batch} at {size[0]}x{size[1]}")
@@ -803,6 +809,12 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
         versions,
         f"device: {device}",
         f"precision: {machine['precision']} ({machine['precision_why']})",
+        "heap: "
+        + (
+            "freed memory kept for reuse (pspnet.heap.keep_freed_memory)"
+            if machine.get("heap_kept")
+            else "glibc's defaults (big blocks mapped and returned on free)"
+        ),
         "FLOPs = 2 x multiply-adds; times are the minimum over the timed runs after a warm-up",
     ]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import heap
 from .constants import __version__
 from .data.classes import DATASETS
 from .data.cli_data import add_data_commands, positive_int
@@ -735,6 +736,7 @@ def _os_error(error: OSError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    heap.keep_freed_memory()  # the memory of one forward pass is reused by the next (see pspnet.heap)
     debug = args.debug or os.environ.get("PSPNET_DEBUG", "") not in ("", "0")
     with warnings.catch_warnings():  # the warning printer is restored when the command returns
         if not debug:

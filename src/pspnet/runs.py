@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import heap
 from .engine.checkpoint import run_checkpoints
 from .errors import CheckpointError
 from .models.pspnet import PSPNet
@@ -46,5 +47,8 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     Every card field and tensor is checked (:func:`pspnet.weights.model_file.load_model_file`); float16/bfloat16
     weights become float32. ``model.card`` holds its :class:`~pspnet.models.card.ModelCard` (classes, palette,
     normalisation, inference sizes, ...), ``model.meta`` the same as the plain dict the file stores.
+
+    Freed memory is kept in the process for the next forward pass from here on (:mod:`pspnet.heap`).
     """
+    heap.keep_freed_memory()
     return load_model_file(resolve_model_path(path), device=device)

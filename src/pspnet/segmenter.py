@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from . import heap
 from .data.io import read_image, to_rgb8, upright
 from .errors import DataError
 from .inference import (
@@ -122,6 +123,7 @@ class Segmenter:
     def __init__(self, model: PSPNet, settings: InferenceSettings | None = None, *, max_batch: int = 4):
         if max_batch < 1:
             raise ValueError(f"max batch must be positive, got {max_batch}")
+        heap.keep_freed_memory()  # one forward's memory is reused by the next (pspnet.heap)
         self.model = model.eval()
         self.settings = settings if settings is not None else InferenceSettings.from_card(model.card)
         self.card: ModelCard = model.card if model.card is not None else make_card(model.config)

@@ -4,6 +4,7 @@ configs and overrides."""
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,9 @@ def test_a_bad_training_image_under_workers_is_named_in_one_line(tmp_path, broke
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 1
     line = _error_line(capsys)
     assert str(root / "images" / "train" / "001.png") in line and "truncated" in line
+    # the loader's workers (which ignore SIGTERM, see engine.train) are shut down on the way out: one left behind
+    # would hang the process at exit, where multiprocessing terminates and then joins it
+    assert multiprocessing.active_children() == []
 
 
 def test_one_line_keeps_the_original_message_of_a_worker_error():

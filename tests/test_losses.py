@@ -153,3 +153,96 @@ def test_chunked_cross_entropy_keeps_the_logits_dtype_for_the_gradient():
     rounded = logits.detach().float()
     expected = torch.nn.functional.cross_entropy(rounded, target, reduction="sum")
     assert abs(float(loss.detach() - expected)) <= 2 * cross_entropy_sum_bound(rounded, target)
+
+
+# -- the loss on low-resolution logits, upsampled inside it ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("size", [(7, 5), (1, 1), (13, 6)])
+def test_interpolation_matrix_is_f_interpolate_along_one_axis(align_corners, size):
+    """A (h, w) map upsampled by ``A_H @ x @ A_W^T`` equals F.interpolate's bilinear upsampling in float64 (both
+    are a few additions of products of numbers up to max|x|: within 8u of it)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    out = (29, 17)
+    rows = losses.interpolation_matrix(out[0], size[0], align_corners=align_corners, dtype=torch.float64)
+    columns = losses.interpolation_matrix(out[1], size[1], align_corners=align_corners, dtype=torch.float64)
+    expected = torch.nn.functional.interpolate(x, size=out, mode="bilinear", align_corners=align_corners)
+    got = rows @ x @ columns.T
+    assert float((got - expected).abs().max()) <= 8 * unit_roundoff(torch.float64) * float(x.abs().max())
+    assert torch.allclose(rows.sum(1), torch.ones(out[0], dtype=torch.float64))  # each row a convex combination
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_of_upsampled_logits_and_its_gradient_against_f_interpolate(monkeypatch, align_corners, weighted):
+    """``cross_entropy_sum`` of (N, K, h, w) logits against an (N, H, W) target is the cross-entropy of the logits
+    upsampled by F.interpolate, forward and gradient, in float64, with chunks of a few rows (``CHUNK_ELEMENTS``
+    set to 2 rows of 4 x 23 values).
+
+    The bounds: the two sides' upsampled logits differ by at most delta = (2 (h + w) + 7) u max|x| (two matrix
+    products of h and w terms whose weights sum to 1, against F.interpolate's two-term sums); a pixel's
+    cross-entropy moves by at most 2 delta with them; plus each side's own sum bound. The gradient reaches x
+    through the transposed interpolation, whose column sums are at most s_H = max_j sum_i A_H[i, j] (and s_W):
+    each x gets at most s_H s_W x scale x (2 softmax rounding + 2 delta + m u) with m the terms it sums."""
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 2 * 4 * 23)
+    torch.manual_seed(7)
+    n, k, h, w, height, width = 2, 4, 5, 6, 19, 23
+    x = (torch.randn(n, k, h, w, dtype=torch.float64) * 4).requires_grad_()
+    target = torch.randint(0, k, (n, height, width))
+    target[1, 4:9] = 255
+    weight = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64) if weighted else None
+    got = cross_entropy_sum(x, target, weight, align_corners=align_corners)
+    (grad,) = torch.autograd.grad(got * 1.5, x)
+    upsampled = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=align_corners)
+    expected = torch.nn.functional.cross_entropy(upsampled, target, weight=weight, ignore_index=255, reduction="sum")
+    (expected_grad,) = torch.autograd.grad(expected * 1.5, x)
+
+    u64 = unit_roundoff(torch.float64)
+    max_x = float(x.detach().abs().max())
+    delta = (2 * (h + w) + 7) * u64 * max_x
+    w_pixels = (weight[torch.where(target == 255, 0, target)] if weighted else torch.ones(target.shape)) * (
+        target != 255
+    )
+    bound = 2 * cross_entropy_sum_bound(upsampled, target, class_weights=weight, dtype=torch.float64)
+    bound += 2 * delta * float(w_pixels.sum())
+    assert got.dtype == torch.float64 and abs(float(got.detach() - expected.detach())) <= bound
+
+    rows = losses.interpolation_matrix(height, h, align_corners=align_corners, dtype=torch.float64)
+    columns = losses.interpolation_matrix(width, w, align_corners=align_corners, dtype=torch.float64)
+    s_h, s_w = float(rows.sum(0).max()), float(columns.sum(0).max())
+    scale = 1.5 * (4.0 if weighted else 1.0)
+    softmax_error = (2 * (float(upsampled.detach().abs().max()) + math.log(k)) + 2) * u64
+    terms = height * width
+    grad_bound = s_h * s_w * scale * (2 * softmax_error + 2 * delta + terms * u64 * 2)
+    assert float((grad - expected_grad).abs().max()) <= grad_bound
+    # the other corner rule is a different upsampling: far outside these bounds (the check can fail)
+    other = cross_entropy_sum(x, target, weight, align_corners=not align_corners)
+    assert abs(float(other.detach() - expected.detach())) > 10 * bound
+
+
+def test_cross_entropy_of_smaller_logits_needs_align_corners():
+    with pytest.raises(ValueError, match="pass align_corners"):
+        cross_entropy_sum(torch.randn(1, 3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(N, K, h, w\)"):
+        cross_entropy_sum(torch.randn(3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_loss_sum_upsamples_low_resolution_outputs_like_the_model_would():
+    """loss_sum on (main, aux) at 1/8 with align_corners equals it on the F.interpolate'd outputs (float32, each
+    side within its own bound plus the upsampling's difference)."""
+    torch.manual_seed(3)
+    main, aux = torch.randn(2, 5, 6, 7), torch.randn(2, 5, 6, 7)
+    target = torch.randint(0, 5, (2, 41, 53))
+
+    def up(t):
+        return torch.nn.functional.interpolate(t, size=(41, 53), mode="bilinear", align_corners=True)
+
+    got = float(loss_sum((main, aux), target, align_corners=True))
+    expected = float(loss_sum((up(main), up(aux)), target))
+    delta = (2 * (6 + 7) + 7) * U32 * float(torch.maximum(main.abs().max(), aux.abs().max()))
+    pixels = int(target.numel())
+    bound = 2 * (cross_entropy_sum_bound(up(main), target) + AUX_WEIGHT * cross_entropy_sum_bound(up(aux), target))
+    bound += (1 + AUX_WEIGHT) * 2 * delta * pixels
+    assert abs(got - expected) <= bound

@@ -15,6 +15,7 @@ __all__ = [
     "AUX_WEIGHT",
     "cross_entropy",
     "cross_entropy_sum",
+    "interpolation_matrix",
     "label_weight_sum",
     "loss_sum",
     "median_frequency_weights",
@@ -60,9 +61,14 @@ def loss_sum(
     aux_weight: float = AUX_WEIGHT,
     ignore_index: int = IGNORE_INDEX,
     class_weights: Tensor | None = None,
+    align_corners: bool | None = None,
 ) -> Tensor:
     """``sum CE(main) + aux_weight * sum CE(aux)`` over the labelled pixels, not yet averaged; float32 for
     float32, bfloat16 or float16 logits, float64 for float64 logits.
+
+    Logits at the target's size are used as they are; smaller ones (``PSPNet.forward(x, upsample=False)``, as
+    training passes them) are upsampled to it bilinearly with ``align_corners`` inside the loss (see
+    :func:`cross_entropy_sum`).
 
     With ``class_weights`` (K,) each pixel's term is multiplied by the weight of its label. Training divides the
     sum by :func:`label_weight_sum` of the whole optimiser step (every micro-batch, every process), so that the
@@ -72,76 +78,171 @@ def loss_sum(
         outputs = (outputs,)  # type: ignore[assignment]
     dtype = torch.promote_types(outputs[0].dtype, torch.float32)  # bf16/fp16 logits: float32; float64 stays
     weight = None if class_weights is None else class_weights.to(dtype)
-    total = cross_entropy_sum(outputs[0], target, weight, ignore_index)
+    total = cross_entropy_sum(outputs[0], target, weight, ignore_index, align_corners=align_corners)
     if len(outputs) > 1:
-        total = total + aux_weight * cross_entropy_sum(outputs[1], target, weight, ignore_index)
+        total = total + aux_weight * cross_entropy_sum(
+            outputs[1], target, weight, ignore_index, align_corners=align_corners
+        )
     return total
 
 
-# Elements of logits turned into float at once by cross_entropy_sum: 2**22 (16 MiB of float32).
+# Elements of (upsampled) logits held in float at once by cross_entropy_sum: 2**22 (16 MiB of float32).
 CHUNK_ELEMENTS = 2**22
 
 
-def _row_chunks(logits: Tensor) -> list[tuple[int, int, int]]:
-    """(image, first row, end row) chunks of (N, K, H, W) logits, each at most CHUNK_ELEMENTS values (>= 1 row)."""
-    n, k, h, w = logits.shape
-    rows = max(1, CHUNK_ELEMENTS // max(1, k * w))
-    return [(i, r, min(r + rows, h)) for i in range(n) for r in range(0, h, rows)]
+def interpolation_matrix(size_out: int, size_in: int, *, align_corners: bool, dtype: torch.dtype) -> Tensor:
+    """The (size_out, size_in) matrix A of 1-D linear interpolation as ``F.interpolate(mode="bilinear")`` computes it
+    along one axis: ``out = A @ in``. Bilinear upsampling of a (h, w) map x to (H, W) is ``A_H @ x @ A_W^T``.
+
+    Source position of output index i: ``i * (size_in - 1) / (size_out - 1)`` with ``align_corners`` (0 for one
+    output), else ``(i + 0.5) * size_in / size_out - 0.5`` clamped at 0; weights ``1 - f`` and ``f`` on the two
+    input indices around it (the upper one clamped to the last). Computed in float64, returned in ``dtype``.
+    """
+    index = torch.arange(size_out, dtype=torch.float64)
+    if align_corners:
+        source = index * ((size_in - 1) / (size_out - 1)) if size_out > 1 else torch.zeros_like(index)
+    else:
+        source = ((index + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
+    low = source.floor().long().clamp(max=size_in - 1)
+    high = (low + 1).clamp(max=size_in - 1)
+    fraction = source - low
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    rows = torch.arange(size_out)
+    matrix.index_put_((rows, low), 1 - fraction, accumulate=True)
+    matrix.index_put_((rows, high), fraction, accumulate=True)
+    return matrix.to(dtype)
 
 
 class _CrossEntropySum(torch.autograd.Function):
-    """``sum_p w[t_p] * (logsumexp(z_p) - z_p[t_p])`` over the labelled pixels p, in row chunks.
+    """``sum_p w[t_p] * (logsumexp(z_p) - z_p[t_p])`` over the labelled pixels p of the target, where z are the
+    logits bilinearly upsampled to the target's size (the logits themselves when the sizes are equal), in chunks
+    of rows.
 
-    What ``F.cross_entropy(z.float(), t, weight=w, reduction="sum", ignore_index=...)`` computes, without its
-    full-size float copy of the logits and its full-size log-softmax: only the logits (in their own dtype) and the
-    per-pixel log-sum-exp (N, H, W) are kept for the backward pass, which builds the gradient chunk by chunk.
+    What ``F.cross_entropy(F.interpolate(x, size, mode="bilinear").float(), t, weight=w, reduction="sum",
+    ignore_index=...)`` computes, without a full-size tensor: the upsampling is two matrix products per chunk
+    (:func:`interpolation_matrix`), so neither the upsampled logits, nor their float copy, nor their log-softmax,
+    nor their gradient ever exist whole. Only the low-resolution logits and the per-pixel log-sum-exp (N, H, W)
+    are kept for the backward pass, which computes each chunk again and sends its gradient back through the
+    transposed interpolation.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int) -> Tensor:
+    def forward(
+        ctx, logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, align_corners: bool
+    ) -> Tensor:
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        n, _, h, w = logits.shape
-        lse = torch.empty((n, h, w), dtype=dtype, device=logits.device)
+        n, height, width = target.shape
+        lse = torch.empty((n, height, width), dtype=dtype, device=logits.device)
         total = torch.zeros((), dtype=dtype, device=logits.device)
-        for i, top, end in _row_chunks(logits):
-            z = logits[i, :, top:end].to(dtype)  # (K, rows, W)
-            t = target[i, top:end].long()
-            valid = t != ignore_index
-            label = torch.where(valid, t, 0)
-            lse[i, top:end] = torch.logsumexp(z, dim=0)
-            picked = z.gather(0, label[None])[0]
-            scale = valid.to(dtype) if weight is None else weight[label] * valid
+        for i, top, end, z, _ in _chunks(logits, (height, width), align_corners, dtype):
+            label, scale = _label_and_scale(target[i, top:end], weight, ignore_index, dtype)
+            lse[i, top:end] = torch.logsumexp(z, dim=1)
+            picked = z.gather(1, label[:, None])[:, 0]
             total += ((lse[i, top:end] - picked) * scale).sum()
         ctx.save_for_backward(logits, target, weight if weight is not None else torch.empty(0), lse)
         ctx.ignore_index = ignore_index
+        ctx.align_corners = align_corners
         ctx.has_weight = weight is not None
         return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
         logits, target, weight, lse = ctx.saved_tensors
+        weight = weight if ctx.has_weight else None
+        dtype = lse.dtype
+        _, k, h, w = logits.shape
+        height, width = target.shape[-2:]
+        upsampled = (h, w) != (height, width)
         out = torch.empty_like(logits)
-        for i, top, end in _row_chunks(logits):
-            z = logits[i, :, top:end].to(lse.dtype)
-            t = target[i, top:end].long()
-            valid = t != ctx.ignore_index
-            label = torch.where(valid, t, 0)
-            scale = (weight[label] * valid if ctx.has_weight else valid.to(lse.dtype)) * grad
-            g = torch.exp(z - lse[i, top:end])  # softmax
-            g.scatter_add_(0, label[None], -torch.ones_like(g[:1]))  # minus the one-hot label
-            out[i, :, top:end] = (g * scale).to(logits.dtype)
-        return out, None, None, None
+        if upsampled:
+            row_matrix, column_matrix = _matrices(logits, (height, width), ctx.align_corners, dtype)
+            source_grad = torch.zeros((h, k * width), dtype=dtype, device=logits.device)
+        for i, top, end, z, fresh in _chunks(logits, (height, width), ctx.align_corners, dtype):
+            label, scale = _label_and_scale(target[i, top:end], weight, ctx.ignore_index, dtype)
+            shifted = lse[i, top:end, None]
+            g = z.sub_(shifted) if fresh else z - shifted
+            g.exp_()  # softmax, (rows, K, W)
+            g.scatter_add_(1, label[:, None], torch.full_like(g[:, :1], -1.0))  # minus the one-hot label
+            g.mul_((scale * grad)[:, None])
+            if upsampled:
+                source_grad.addmm_(row_matrix[top:end].T, g.view(end - top, k * width))
+                if end == height:  # the image's last chunk: back through the columns' interpolation
+                    image_grad = source_grad.view(h, k, width).permute(1, 0, 2) @ column_matrix  # (K, h, w)
+                    out[i] = image_grad.to(logits.dtype)
+                    source_grad.zero_()
+            else:
+                out[i, :, top:end] = g.permute(1, 0, 2).to(logits.dtype)
+        return out, None, None, None, None
+
+
+def _matrices(logits: Tensor, size: Sequence[int], align_corners: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The rows' (H, h) and the columns' (W, w) interpolation matrices from ``logits``' size to ``size``."""
+    h, w = logits.shape[-2:]
+    rows = interpolation_matrix(size[0], h, align_corners=align_corners, dtype=dtype).to(logits.device)
+    columns = interpolation_matrix(size[1], w, align_corners=align_corners, dtype=dtype).to(logits.device)
+    return rows, columns
+
+
+def _chunks(logits: Tensor, size: Sequence[int], align_corners: bool, dtype: torch.dtype):
+    """Yield ``(image, first row, end row, z, fresh)``: z (rows, K, W) the logits of those output rows upsampled to
+    ``size`` (H, W) in ``dtype``, each chunk at most CHUNK_ELEMENTS values (>= 1 row); ``fresh`` says whether z is
+    a new tensor (upsampled or cast) that may be changed in place, rather than a view of ``logits``."""
+    n, k, h, w = logits.shape
+    height, width = size
+    rows = max(1, CHUNK_ELEMENTS // max(1, k * width))
+    upsampled = (h, w) != (height, width)
+    if upsampled:
+        row_matrix, column_matrix = _matrices(logits, size, align_corners, dtype)
+    for i in range(n):
+        if upsampled:
+            # the columns first, once per image: (K, h, w) @ (w, W) -> (h, K, W), one row of logits per matrix row
+            source = (logits[i].to(dtype) @ column_matrix.T).permute(1, 0, 2).reshape(h, k * width)
+        for top in range(0, height, rows):
+            end = min(top + rows, height)
+            if upsampled:
+                yield i, top, end, (row_matrix[top:end] @ source).view(end - top, k, width), True
+            else:
+                z = logits[i, :, top:end].permute(1, 0, 2)
+                yield i, top, end, z.to(dtype), z.dtype != dtype
+
+
+def _label_and_scale(
+    target: Tensor, weight: Tensor | None, ignore_index: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """A chunk's labels (ignored pixels as 0, int64) and each pixel's weight (0 where ignored), both (rows, W)."""
+    valid = target != ignore_index
+    label = torch.where(valid, target.long(), 0)
+    scale = valid.to(dtype) if weight is None else weight[label] * valid
+    return label, scale
 
 
 def cross_entropy_sum(
-    logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = IGNORE_INDEX
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    *,
+    align_corners: bool | None = None,
 ) -> Tensor:
-    """Summed cross-entropy of ``logits`` (N, K, H, W) against ``target`` (N, H, W) over the pixels not labelled
+    """Summed cross-entropy of ``logits`` (N, K, h, w) against ``target`` (N, H, W) over the pixels not labelled
     ``ignore_index``, each weighted by ``weight[label]`` (K,) when given; a scalar in float32 (float64 for float64
-    logits). Equal to ``F.cross_entropy(logits.float(), target, weight, reduction="sum")`` up to the order of the
-    sums, with far less memory: the logits are read in chunks of at most ``CHUNK_ELEMENTS`` values (see
-    :class:`_CrossEntropySum`)."""
-    return _CrossEntropySum.apply(logits, target, weight, ignore_index)
+    logits).
+
+    Logits smaller than the target (a network's output before its final upsampling) are upsampled bilinearly to
+    (H, W) inside the loss, with ``align_corners`` as the network would have (required then): equal to
+    ``F.cross_entropy(F.interpolate(logits, (H, W), mode="bilinear", align_corners=...).float(), target, weight,
+    reduction="sum")`` up to float rounding, with far less memory and time, since the full-size logits are never
+    made (see :class:`_CrossEntropySum`)."""
+    if logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"logits must be (N, K, h, w) and target (N, H, W), got {tuple(logits.shape)} and {tuple(target.shape)}"
+        )
+    if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]) and align_corners is None:
+        raise ValueError(
+            f"the logits' size {tuple(logits.shape[-2:])} differs from the target's {tuple(target.shape[-2:])}: pass "
+            "align_corners, the upsampling of the network that made them"
+        )
+    return _CrossEntropySum.apply(logits, target, weight, ignore_index, bool(align_corners))
 
 
 def label_weight_sum(

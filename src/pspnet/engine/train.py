@@ -54,6 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .. import heap
 from ..atomic import atomic_open
 from ..constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from ..data.datasets import SegmentationDataset, build_dataset, collate
@@ -201,7 +202,8 @@ class StepSettings:
     ``class_weights`` (K,) is in the model's parameter dtype on its device (None: every labelled pixel counts 1);
     ``autocast_dtype`` None runs the forward in the parameter dtype; ``world_size`` is the number of processes
     that share the step (more than 1 only under an initialised process group, with the model wrapped in
-    DistributedDataParallel).
+    DistributedDataParallel); ``align_corners`` is the model's upsampling, which the loss applies to the logits
+    the model returns at 1/8 (``forward(x, upsample=False)``).
     """
 
     aux_weight: float = AUX_WEIGHT
@@ -211,12 +213,14 @@ class StepSettings:
     channels_last: bool = False
     freeze_bn: bool = False
     world_size: int = 1
+    align_corners: bool = True
 
     @classmethod
     def from_config(
         cls, config: TrainConfig, *, world_size: int = 1, class_weights: torch.Tensor | None = None
     ) -> StepSettings:
-        """The settings of ``config``'s steps (aux weight, ignore index, precision, memory layout, frozen BN)."""
+        """The settings of ``config``'s steps (aux weight, ignore index, precision, memory layout, frozen BN, the
+        model's upsampling)."""
         return cls(
             aux_weight=config.aux_weight,
             ignore_index=config.ignore_index,
@@ -225,6 +229,7 @@ class StepSettings:
             channels_last=config.channels_last,
             freeze_bn=config.freeze_bn,
             world_size=world_size,
+            align_corners=config.model.align_corners,
         )
 
 
@@ -275,13 +280,14 @@ def train_step(
             sync = net.no_sync()  # type: ignore[operator]
         with sync:
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                outputs = forward(images)
+                outputs = forward(images, upsample=False)  # logits at 1/8: the loss upsamples them chunk by chunk
             total_loss = loss_sum(
                 outputs,
                 target,
                 aux_weight=settings.aux_weight,
                 ignore_index=settings.ignore_index,
                 class_weights=settings.class_weights,
+                align_corners=settings.align_corners,
             )
             # DDP averages gradients over processes: scale by world size to get the step's mean loss
             scaler.scale(total_loss * (settings.world_size / labelled).to(total_loss.dtype)).backward()
@@ -474,6 +480,7 @@ def train(
     except ValueError as error:  # a CUDA device on a machine without one
         raise ConfigError(f"device: {error}") from None
     dist = distributed.setup(device)
+    heap.keep_freed_memory()  # each step's memory is reused by the next (pspnet.heap)
     if config.precision == "auto":  # bf16 where this device computes it natively, else fp32; saved as resolved
         config = dataclasses.replace(config, precision=resolve_precision("auto", dist.device)[0])
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -503,42 +510,47 @@ def _train(
     window_images, window_start = 0, time.perf_counter()
     final: Path | None = None
     stopped: int | None = None  # the signal the run stops on
-    while state.iteration < run.total and stopped is None:
-        steps, batches = _epoch_batches(run)
-        for _ in steps:
-            started = time.perf_counter()
-            micro = [next(batches) for _ in range(config.accumulate)]
-            stopped = _agreed_stop_signal(stop, run.device)  # a signal during validation, saving or fetching
-            if stopped is not None:  # this step has not started
-                break
-            iteration = state.iteration + 1
-            for group in run.optimizer.param_groups:
-                group["lr"] = poly_lr(group["base_lr"], iteration, run.total, config.poly_power)
-            try:
-                loss_value = train_step(
-                    run.net, run.optimizer, run.scaler, micro, run.step_settings, forward=run.forward
-                )
-            except NonFiniteLossError as error:
-                bar.close()
-                _fail_on_non_finite_loss(run, iteration, error)
-            _count_step(run, iteration, started)
-            window_images += config.batch_size
-            bar.update(1)
-            if iteration % config.log_every == 0 or iteration == run.total:
-                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                _log_step(run, bar, iteration, loss_value, rate)
-                window_images, window_start = 0, time.perf_counter()
-            stopped = _agreed_stop_signal(stop, run.device)  # every process stops after this same step
-            if stopped is not None:
-                break
-            is_best = False
-            if run.val_set is not None and (iteration % run.val_every == 0 or iteration == run.total):
-                is_best = _validate_and_track_best(run, iteration, bar)
-                window_start = time.perf_counter()
-            if iteration % config.checkpoint_every == 0 or iteration == run.total or is_best:
-                final = _save(run, best=is_best)
-                window_start = time.perf_counter()
-        del batches  # shuts the loader's worker processes down now
+    batches: Iterator[dict[str, torch.Tensor]] | None = None
+    try:
+        while state.iteration < run.total and stopped is None:
+            steps, batches = _epoch_batches(run)
+            for _ in steps:
+                started = time.perf_counter()
+                micro = [next(batches) for _ in range(config.accumulate)]
+                stopped = _agreed_stop_signal(stop, run.device)  # a signal during validation, saving or fetching
+                if stopped is not None:  # this step has not started
+                    break
+                iteration = state.iteration + 1
+                for group in run.optimizer.param_groups:
+                    group["lr"] = poly_lr(group["base_lr"], iteration, run.total, config.poly_power)
+                try:
+                    loss_value = train_step(
+                        run.net, run.optimizer, run.scaler, micro, run.step_settings, forward=run.forward
+                    )
+                except NonFiniteLossError as error:
+                    bar.close()
+                    _fail_on_non_finite_loss(run, iteration, error)
+                _count_step(run, iteration, started)
+                window_images += config.batch_size
+                bar.update(1)
+                if iteration % config.log_every == 0 or iteration == run.total:
+                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    _log_step(run, bar, iteration, loss_value, rate)
+                    window_images, window_start = 0, time.perf_counter()
+                stopped = _agreed_stop_signal(stop, run.device)  # every process stops after this same step
+                if stopped is not None:
+                    break
+                is_best = False
+                if run.val_set is not None and (iteration % run.val_every == 0 or iteration == run.total):
+                    is_best = _validate_and_track_best(run, iteration, bar)
+                    window_start = time.perf_counter()
+                if iteration % config.checkpoint_every == 0 or iteration == run.total or is_best:
+                    final = _save(run, best=is_best)
+                    window_start = time.perf_counter()
+            _shut_down(batches)  # the loader's worker processes end now
+    finally:  # an error too: workers left behind ignore SIGTERM and would hang the exit
+        if batches is not None:
+            _shut_down(batches)
     bar.close()
     if stopped is not None:
         _stop(run, stopped)
@@ -836,6 +848,17 @@ def _epoch_batches(run: TrainingRun) -> tuple[list[list[list[int]]], Iterator[di
         worker_init_fn=_ignore_stop_signals,
     )
     return steps, iter(loader)
+
+
+def _shut_down(batches: Iterator[dict[str, torch.Tensor]]) -> None:
+    """End the worker processes of a DataLoader iterator now (they ignore SIGTERM: :func:`_ignore_stop_signals`).
+
+    Dropping the iterator is not enough when an error ends the run: the error's traceback keeps it alive until a
+    garbage collection, and at the process's exit multiprocessing would SIGTERM its workers, which ignore it, and
+    wait for them forever. A single-process iterator has nothing to end."""
+    shut_down = getattr(batches, "_shutdown_workers", None)  # torch's own clean shutdown (idempotent)
+    if shut_down is not None:
+        shut_down()
 
 
 def _agreed_stop_signal(stop: _StopRequest, device: torch.device) -> int | None:

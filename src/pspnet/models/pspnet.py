@@ -113,12 +113,19 @@ class PSPNet(nn.Module):
     def _upsample(self, logits: Tensor, size: Sequence[int]) -> Tensor:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, *, upsample: bool = True) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits for normalised images ``x`` (N, 3, H, W), at (H, W); with ``upsample=False`` at the features'
+        resolution (H/8, W/8 at output stride 8), before the final bilinear upsampling: training passes those to
+        :func:`pspnet.engine.losses.loss_sum`, which upsamples inside the loss (``align_corners`` as this model)
+        without making the full-size logits."""
         size = x.shape[-2:]
         _c1, _c2, c3, c4 = self.backbone(x)  # c3: (N, 1024, H/8, W/8), c4: (N, 2048, H/8, W/8) for ResNet-50 OS 8
-        logits = self._upsample(self.decode_head(c4), size)  # (N, K, H, W)
+        logits = self.decode_head(c4)  # (N, K, H/8, W/8)
+        if upsample:
+            logits = self._upsample(logits, size)  # (N, K, H, W)
         if self.training and self.aux_head is not None:
-            return logits, self._upsample(self.aux_head(c3), size)
+            aux = self.aux_head(c3)
+            return logits, self._upsample(aux, size) if upsample else aux
         return logits
 
 

@@ -9,21 +9,25 @@ into a pspnet model file with ``pspnet convert --from official`` so that both si
   network (benchmarks/official_pspnet.py) against ``pspnet.load_model`` + ``model(x)`` (BatchNorm kept, as for
   fine-tuning) and ``Segmenter.from_checkpoint`` (BatchNorm folded; fp32, and ``precision="auto"``), with the
   largest logit difference relative to the largest official logit and the share of equal labels;
-- **train**: one training step, fp32, batch 2 at 473x473, each side in a process of its own so that its peak
-  memory (peak RSS minus the RSS before the first step) is its own: the official step (CE on full-resolution main
+- **train**: one training step, fp32, batch 2 at 473x473, with its peak memory (peak RSS, and how far above the
+  RSS before the first step it went): the official step (CE on full-resolution main
   logits + 0.4 aux, SGD) against ``pspnet.engine.train.train_step``, the step ``pspnet train`` runs;
 - **protocol**: the official multi-scale (0.5 ... 1.75) + flip sliding-window test of one 512x683 image (the
   official per-window loop with float64 NumPy sums and cv2 resizes) against ``Segmenter`` with the same settings,
   with the share of equal labels; each timed once, without a warm-up (it runs the network about 90 times).
 
-Times are the minimum over ``--repeat`` runs after a warm-up; every ratio compares two rows of this one run. The
-machine, CPU capability and command are printed first; docs/benchmarks.md keeps the results.
+Every side runs in a spawned process of its own. pspnet's entry points keep freed memory in the process for reuse
+(pspnet.heap); the official code runs with glibc's defaults, and once more with pspnet's heap setting, so that the
+share of each ratio that comes from the heap alone shows. Times are the minimum over ``--repeat`` runs after a
+warm-up; every ratio compares two rows of this one run. The machine, CPU capability and command are printed first;
+docs/benchmarks.md keeps the results.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import shlex
 import sys
@@ -42,6 +46,7 @@ from official_pspnet import OfficialPSPNet, official_multiscale_labels, official
 from reference_pspnet import official_state_dict
 
 import pspnet
+from pspnet import heap
 from pspnet.bench import machine_info
 from pspnet.constants import IMAGENET_MEAN, IMAGENET_STD
 from pspnet.engine.train import StepSettings, param_groups, train_step
@@ -101,32 +106,45 @@ def normalized(image: np.ndarray) -> torch.Tensor:
     return normalize(torch.from_numpy(image).permute(2, 0, 1)[None], IMAGENET_MEAN, IMAGENET_STD)
 
 
-def bench_forward(path: Path, repeat: int) -> list[tuple[str, float, str]]:
-    image = photo(512, 512)
-    x = normalized(image)
-    official = official_model()
+def _set_heap(kept: bool) -> None:
+    """This process's heap: freed memory kept for reuse (pspnet.heap, what pspnet's entry points apply), or glibc's
+    defaults (as the official code runs), with pspnet's entry points told to leave them."""
+    if kept:
+        heap.keep_freed_memory()
+    else:
+        os.environ[heap.ENVIRONMENT_VARIABLE] = "0"
+
+
+def _forward_worker(kind: str, kept: bool, path: str, repeat: int) -> list[tuple[str, float, str]]:
+    _set_heap(kept)
+    x = normalized(photo(512, 512))
+    heap_note = "heap kept" if heap.kept() else "glibc heap defaults"
+    if kind == "official":
+        official = official_model()
+        with torch.inference_mode():
+            return [(f"official eager forward ({heap_note})", best_time(lambda: official(x), repeat), "")]
+    rows: list[tuple[str, float, torch.Tensor]] = []
     with torch.inference_mode():
-        reference = official(x)
-        rows = [("official eager forward", best_time(lambda: official(x), repeat), "reference")]
         loaded = pspnet.load_model(path)
-        logits = loaded(x)
-        error = float((logits - reference).abs().max() / reference.abs().max())
-        rows.append(("pspnet load_model + model(x)", best_time(lambda: loaded(x), repeat), f"logits rel. {error:.1e}"))
+        rows.append((f"pspnet load_model + model(x) ({heap_note})", best_time(lambda: loaded(x), repeat), loaded(x)))
         for precision in ("fp32", "auto"):
             segmenter = Segmenter.from_checkpoint(path, device="cpu", precision=precision, mode="whole")
             model, dtype = segmenter.model, segmenter.dtype
             layout = torch.channels_last if dtype == torch.bfloat16 else torch.contiguous_format
             xs = x.to(dtype).contiguous(memory_format=layout)
-            out = model(xs).float()
-            error = float((out - reference).abs().max() / reference.abs().max())
-            agree = float((out.argmax(1) == reference.argmax(1)).float().mean())
-            name = f"Segmenter {precision} ({segmenter.settings.precision}, BatchNorm folded) model"
-            detail = f"logits rel. {error:.1e}, labels equal {100 * agree:.3f}%"
-            rows.append((name, best_time(lambda m=model, v=xs: m(v), repeat), detail))
-    return rows
+            name = f"Segmenter {precision} ({segmenter.settings.precision}, BatchNorm folded) model ({heap_note})"
+            rows.append((name, best_time(lambda m=model, v=xs: m(v), repeat), model(xs).float()))
+        reference = official_model()(x)  # after the timings: the official logits to compare with
+    result = []
+    for name, seconds, logits in rows:
+        error = float((logits - reference).abs().max() / reference.abs().max())
+        agree = float((logits.argmax(1) == reference.argmax(1)).float().mean())
+        result.append((name, seconds, f"logits rel. {error:.1e}, labels equal {100 * agree:.3f}%"))
+    return result
 
 
-def _train_worker(kind: str, path: str, repeat: int, queue: multiprocessing.Queue) -> None:
+def _train_worker(kind: str, kept: bool, path: str, repeat: int) -> list[tuple[str, float, str]]:
+    _set_heap(kept)
     torch.manual_seed(0)
     images = torch.from_numpy(photo(473, 473)).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
     target = torch.randint(0, CLASSES, (2, 473, 473))
@@ -135,6 +153,7 @@ def _train_worker(kind: str, path: str, repeat: int, queue: multiprocessing.Queu
         model.load_state_dict(official_state_dict(KEY_FILE, seed=0))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         x = normalize(images, IMAGENET_MEAN, IMAGENET_STD)
+        name = "official training step"
 
         def step() -> float:
             return official_train_step(model, optimizer, x, target)
@@ -145,6 +164,7 @@ def _train_worker(kind: str, path: str, repeat: int, queue: multiprocessing.Queu
         )
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         batch = {"image": images, "mask": target}
+        name = "pspnet train_step"
 
         def step() -> float:
             return train_step(model, optimizer, scaler, [batch], StepSettings())
@@ -152,45 +172,69 @@ def _train_worker(kind: str, path: str, repeat: int, queue: multiprocessing.Queu
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seconds = best_time(step, repeat)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((seconds, peak / 2**20, (peak - before) / 2**20))
+    note = f"peak RSS {peak / 2**20:.2f} GiB ({(peak - before) / 2**20:.2f} GiB above the RSS before the first step)"
+    return [(f"{name} ({'heap kept' if heap.kept() else 'glibc heap defaults'})", seconds, note)]
 
 
-def bench_train(path: Path, repeat: int) -> list[tuple[str, float, str]]:
-    context = multiprocessing.get_context("spawn")
-    rows = []
-    for kind, name in (("official", "official training step"), ("pspnet", "pspnet train_step")):
-        queue = context.Queue()
-        process = context.Process(target=_train_worker, args=(kind, str(path), repeat, queue))
-        process.start()
-        seconds, peak, growth = queue.get()
-        process.join()
-        rows.append((name, seconds, f"peak RSS {peak:.2f} GiB ({growth:.2f} GiB above the RSS before the first step)"))
-    return rows
-
-
-def bench_protocol(path: Path, repeat: int) -> list[tuple[str, float, str]]:
+def _protocol_worker(kind: str, kept: bool, path: str, repeat: int) -> list[tuple[str, float, str]]:
+    _set_heap(kept)
     image = photo(512, 683)
+    heap_note = "heap kept" if heap.kept() else "glibc heap defaults"
     official = official_model()
-    labels: dict[str, np.ndarray] = {}
 
-    def run_official() -> None:
-        labels["official"] = official_multiscale_labels(
+    def run_official() -> np.ndarray:
+        return official_multiscale_labels(
             official, image, CLASSES, crop=473, base_size=512, scales=SCALES, mean=IMAGENET_MEAN, std=IMAGENET_STD
         )
 
-    rows = [("official multi-scale + flip test", best_time(run_official, repeat, warm_up=False), "reference")]
+    if kind == "official":
+        return [(f"official multi-scale + flip test ({heap_note})", best_time(run_official, repeat, warm_up=False), "")]
+    rows = []
     for precision in ("fp32", "auto"):
         segmenter = Segmenter.from_checkpoint(
             path, device="cpu", precision=precision, mode="slide", scales=SCALES, flip=True
         )
+        got: dict[str, np.ndarray] = {}
 
-        def run(s: Segmenter = segmenter, key: str = precision) -> None:
-            labels[key] = s.predict(image)
+        def run(s: Segmenter = segmenter, out: dict[str, np.ndarray] = got) -> None:
+            out["labels"] = s.predict(image)
 
         seconds = best_time(run, repeat, warm_up=False)
-        agree = float((labels[precision] == labels["official"]).mean())
-        name = f"Segmenter multi-scale + flip, {precision} ({segmenter.settings.precision})"
-        rows.append((name, seconds, f"labels equal {100 * agree:.3f}%"))
+        name = f"Segmenter multi-scale + flip, {precision} ({segmenter.settings.precision}) ({heap_note})"
+        rows.append((name, seconds, got["labels"]))
+    labels = run_official()  # after the timings: the official labels to compare with
+    return [
+        (name, seconds, f"labels equal {100 * float((ours == labels).mean()):.3f}%") for name, seconds, ours in rows
+    ]
+
+
+WORKERS = {"forward": _forward_worker, "train": _train_worker, "protocol": _protocol_worker}
+# (side, heap kept?) per row group: the official code as it runs (glibc's defaults) and with pspnet's heap setting,
+# so that the heap's share of a ratio shows; pspnet as its entry points run it (heap kept), and for the training
+# step also with glibc's defaults (its memory without the setting).
+SIDES = {
+    "forward": [("official", False), ("official", True), ("pspnet", True)],
+    "train": [("official", False), ("official", True), ("pspnet", True), ("pspnet", False)],
+    "protocol": [("official", False), ("official", True), ("pspnet", True)],
+}
+
+
+def _in_process(connection, what: str, kind: str, kept: bool, path: str, repeat: int) -> None:
+    connection.send(WORKERS[what](kind, kept, path, repeat))
+    connection.close()
+
+
+def bench(what: str, path: Path, repeat: int) -> list[tuple[str, float, str]]:
+    """Every side of ``what`` in a spawned process of its own (its heap setting and its peak memory its own)."""
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for kind, kept in SIDES[what]:
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_in_process, args=(sender, what, kind, kept, str(path), repeat))
+        process.start()
+        sender.close()
+        rows.extend(receiver.recv())
+        process.join()
     return rows
 
 
@@ -201,11 +245,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print(f"command: {shlex.join([sys.executable.split('/')[-1], *sys.argv])}\n")
-    benches = {"forward": bench_forward, "train": bench_train, "protocol": bench_protocol}
     with tempfile.TemporaryDirectory() as folder:
         path = pspnet_file(Path(folder))
         for what in args.what.split(","):
-            rows = benches[what](path, args.repeat if what != "protocol" else 1)
+            rows = bench(what, path, args.repeat if what != "protocol" else 1)
             base = rows[0][1]
             print(f"| {what} | seconds | speed vs official | notes |\n|---|---:|---:|---|")
             for name, seconds, note in rows:

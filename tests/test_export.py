@@ -196,6 +196,7 @@ def test_static_labels_match_eager_where_the_logits_decide_them(static_labels, m
     assert meta.min_size is None
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("format", ["torchscript", "exported-program"])
 def test_torch_formats_reload_and_match_eager_with_their_metadata(tmp_path, model, format):
     path = tmp_path / f"model{export.SUFFIXES[format]}"

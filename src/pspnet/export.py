@@ -527,6 +527,12 @@ def _write_onnx(
             raise ExportError(f"{opset}: torch.onnx.export failed at this opset: {detail}", argument="opset") from error
         raise ExportError(f"torch.onnx.export failed: {detail}") from error
     proto = onnx_program.model_proto
+    written = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:  # torch.onnx keeps its own opset when it cannot convert
+        raise ExportError(
+            f"{opset}: torch.onnx could not convert the model to this opset (it would be {written}); choose another",
+            argument="opset",
+        )
     _rename_dims(proto, _dynamic_names(program, input_kind))
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -535,17 +541,28 @@ def _write_onnx(
     if proto.ByteSize() >= 2**31:
         raise ExportError("the model is over 2 GB, the most one ONNX file holds; nothing was written")
     onnx.save_model(proto, str(path))
-    return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
+    return written
+
+
+# Loggers of torch.onnx and onnxscript: the registry's notes on torchvision operators it skips; the note that an
+# opset below 18 is reached by conversion, and the converter's traceback when that fails (export_model then
+# refuses the file, naming the opset).
+_QUIET_LOGGERS = (
+    "torch.onnx._internal.exporter._registration",
+    "torch.onnx._internal.exporter._compat",
+    "onnxscript.version_converter",
+)
 
 
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence what torch's exporters print that says nothing about this model: the ONNX registry's notes on
-    torchvision operators it skips, a FutureWarning of torch.utils._pytree raised inside torch.export, and
-    torch.jit's deprecation warnings (the --help of the command says TorchScript is deprecated)."""
-    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registry.level
-    registry.setLevel(logging.ERROR)
+    """Silence what torch's exporters print that this module says better or that says nothing about the model:
+    :data:`_QUIET_LOGGERS`, a FutureWarning of torch.utils._pytree raised inside torch.export, and torch.jit's
+    deprecation warnings (the --help of the command says TorchScript is deprecated)."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
@@ -553,7 +570,8 @@ def _quiet_exporter() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
             yield
     finally:
-        registry.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @dataclass(frozen=True)

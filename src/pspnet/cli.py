@@ -177,7 +177,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if out.suffix != suffix:
         print(f"error: --out {out}: the {args.format} file must be named *{suffix}", file=sys.stderr)
         return 2
-    if out.is_dir() or (out.exists() and not args.force):
+    if out.is_dir():
+        print(f"error: --out {out} is a folder; name the file to write", file=sys.stderr)
+        return 2
+    if out.exists() and not args.force:
         print(f"error: --out {out} exists; pass --force to replace it", file=sys.stderr)
         return 2
     if args.opset is not None and args.format != "onnx":

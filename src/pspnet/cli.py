@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISION_CHOICES
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
 from .weights.convert import SOURCES
+
+if TYPE_CHECKING:
+    from .export import SizeCheck
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -157,7 +161,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size_line(check) -> str:
+def _size_line(check: SizeCheck) -> str:
     """One row of the export check: the batch and size, the logit (or probability) difference, the labels."""
     parts = []
     if check.logit_rdiff is not None:

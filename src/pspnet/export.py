@@ -56,6 +56,7 @@ __all__ = [
     "FORMATS",
     "INPUT_KINDS",
     "LOGIT_RTOL",
+    "METADATA_FILE",
     "MIN_LABEL_AGREEMENT",
     "OUTPUT_KINDS",
     "SUFFIXES",

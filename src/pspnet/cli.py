@@ -1,4 +1,5 @@
-"""The ``pspnet`` command line: ``demo``, ``train``, ``eval``, ``predict``, ``convert``, ``info``, ``bench`` and ``data``.
+"""The ``pspnet`` command line: ``demo``, ``train``, ``eval``, ``predict``, ``convert``, ``export``, ``info``, ``bench``
+and ``data``.
 
 Exit status: 0 on success, 1 when the command ran but failed (bad checkpoint, failed conversion, bad input
 files), 2 on usage errors (argparse's convention), 130 / 143 when SIGINT / SIGTERM stopped it (training saves its
@@ -18,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +33,9 @@ from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISION_CHOICES
 from .models.pspnet import MODELS
 from .models.resnet import STEMS
 from .weights.convert import SOURCES
+
+if TYPE_CHECKING:
+    from .export import SizeCheck
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -154,6 +159,76 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             print(f"  classes: {report.dataset} (assumed from the class count; pass --dataset to choose)")
         else:
             print(f"  classes: {report.dataset}")
+    return 0
+
+
+def _size_line(check: SizeCheck) -> str:
+    """One row of the export check: the batch and size, the logit (or probability) difference, the labels."""
+    parts = []
+    if check.logit_rdiff is not None:
+        parts.append(f"largest logit difference {check.logit_rdiff:.2e} of the largest logit")
+    if check.proba_diff is not None:
+        parts.append(f"largest probability difference {check.proba_diff:.2e} (allowed {check.proba_tolerance:.2e})")
+    parts.append(f"labels equal on {100 * check.label_agreement:.4f}% of {check.pixels:,} pixels")
+    return f"  {f'{check.batch} x {check.height}x{check.width}':<14}" + ", ".join(parts)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import INPUT_KINDS, LOGIT_RTOL, MIN_LABEL_AGREEMENT, OUTPUT_KINDS, SUFFIXES, export_model, require_onnx
+    from .runs import load_model, resolve_model_path
+
+    out = Path(args.out)
+    suffix = SUFFIXES[args.format]
+    if out.suffix != suffix:
+        print(f"error: --out {out}: the {args.format} file must be named *{suffix}", file=sys.stderr)
+        return 2
+    if out.is_dir():
+        print(f"error: --out {out} is a folder; name the file to write", file=sys.stderr)
+        return 2
+    if out.exists() and not args.force:
+        print(f"error: --out {out} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    if args.opset is not None and args.format != "onnx":
+        print(f"error: --opset is an ONNX setting; --format {args.format} has none", file=sys.stderr)
+        return 2
+    if args.format == "onnx":
+        require_onnx()  # before the model is loaded: says how to install the 'onnx' extra
+    source = resolve_model_path(args.model)
+    model = load_model(source)
+    static = tuple(args.static) if args.static else None
+    print(f"exporting {source} to {out} ({args.format}) and checking it...", file=sys.stderr, flush=True)
+    report = export_model(
+        model,
+        out,
+        format=args.format,
+        input_kind=args.input,
+        output_kind=args.output,
+        static_size=static,
+        opset=args.opset,
+    )
+    meta, check = report.metadata, report.check
+    opset = f", opset {report.opset}" if report.opset is not None else ""
+    print(
+        f"exported {source} -> {report.path} ({report.format}{opset}, {report.bytes / 1e6:.1f} MB, "
+        f"{report.export_seconds:.1f} s; BatchNorm folded, float32)"
+    )
+    if static is None:
+        low = json.loads(meta["min_size"])
+        sides = "dynamic batch, height and width" + (f" (from {low[0]}x{low[1]})" if low else "")
+    else:
+        sides = f"dynamic batch, static {static[0]}x{static[1]}"
+    print(f"  input:  {INPUT_KINDS[args.input]}; {sides}")
+    print(f"  output: {OUTPUT_KINDS[args.output]} (K = {model.num_classes})")
+    print(f"  metadata: {', '.join(meta)}")
+    print(
+        f"checked with {check.runtime} against eager PyTorch (float32, random images) in {report.check_seconds:.1f} s:"
+    )
+    for size in check.sizes:
+        print(_size_line(size))
+    print(
+        f"passed: logits within {LOGIT_RTOL:.0e} of the largest logit, labels equal on at least "
+        f"{100 * MIN_LABEL_AGREEMENT:g}% of the pixels"
+    )
     return 0
 
 
@@ -675,9 +750,63 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 
+    _add_export_command(commands)
     add_data_commands(commands)
     _add_debug_flag(parser, top=True)
     return parser
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    from .export import CHECK_SIZES, FORMATS, INPUT_KINDS, OUTPUT_KINDS, SUFFIXES
+
+    sizes = " and ".join(f"{b} x {h}x{w}" for b, h, w in CHECK_SIZES)
+    ex = commands.add_parser(
+        "export",
+        help="export a model for deployment (ONNX, TorchScript, ExportedProgram), checked against PyTorch",
+        description="Export a model file (or a training run directory) as one file a deployer can run with nothing "
+        "else: the model with BatchNorm folded, float32, with the input normalisation inside (by default), its "
+        "classes, palette, normalisation, crop and base size, architecture, input and output kinds and pspnet "
+        "version in its metadata (an ONNX file's metadata_props; a TorchScript or ExportedProgram archive's "
+        "pspnet_metadata.json). Batch, height and width are dynamic unless --static. The file is written under a "
+        f"temporary name and checked before it is put in place: run by its runtime (ONNX Runtime, or reloaded by "
+        f"torch) on random images (batch x height x width: {sizes}, sizes the pyramid bins do not divide; with "
+        "--static that size) against eager PyTorch; it must give logits within 1e-4 of the largest logit and the "
+        "same labels on at least 99.99% of the pixels, else the command fails (exit 1) and writes nothing. "
+        "ONNX needs the 'onnx' extra: pip install 'pspnet[onnx]'.",
+    )
+    ex.add_argument("model", metavar="MODEL", help="model file (.safetensors) or training run directory")
+    ex.add_argument("--out", required=True, metavar="FILE", help="the file to write (*.onnx, *.pt, *.pt2 by --format)")
+    ex.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        default="onnx",
+        help="file format and the runtimes it serves (default: onnx): "
+        + "; ".join(f"{name} (*{SUFFIXES[name]}): {runtimes}" for name, runtimes in FORMATS.items()),
+    )
+    ex.add_argument(
+        "--opset", type=positive_int, metavar="N", help="ONNX opset (default: torch.onnx's, 20 in torch 2.13)"
+    )
+    ex.add_argument(
+        "--input",
+        choices=list(INPUT_KINDS),
+        default="uint8-rgb",
+        help="; ".join(f"{name}: {text}" for name, text in INPUT_KINDS.items()) + " (default: uint8-rgb)",
+    )
+    ex.add_argument(
+        "--output",
+        choices=list(OUTPUT_KINDS),
+        default="logits",
+        help="; ".join(f"{name}: {text}" for name, text in OUTPUT_KINDS.items()) + " (default: logits)",
+    )
+    ex.add_argument(
+        "--static",
+        nargs=2,
+        type=positive_int,
+        metavar=("H", "W"),
+        help="fix the input's height and width (the batch stays dynamic); the check runs at that size only",
+    )
+    ex.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    ex.set_defaults(func=_cmd_export)
 
 
 def _add_debug_flag(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -710,7 +839,18 @@ def one_line(error: BaseException | str) -> str:
 
 
 # The command-line flag of each library argument an InputError can name (see pspnet.errors.InputError).
-_FLAGS = {"source": "--from", "dataset": "--dataset", "resume": "--resume", "out": "--out", "overrides": "--set"}
+_FLAGS = {
+    "source": "--from",
+    "dataset": "--dataset",
+    "resume": "--resume",
+    "out": "--out",
+    "overrides": "--set",
+    "format": "--format",
+    "opset": "--opset",
+    "input_kind": "--input",
+    "output_kind": "--output",
+    "static_size": "--static",
+}
 
 
 def _as_flags(error: InputError) -> InputError | str:

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "DataError",
+    "ExportError",
     "InputError",
     "LayoutError",
     "TrainingStopped",
@@ -57,6 +58,11 @@ class ConversionError(InputError):
 
 class DataError(InputError):
     """A data set file or layout is unusable: missing, unreadable, mismatched; the message names the file."""
+
+
+class ExportError(InputError):
+    """A model cannot be exported as asked (an option its format lacks, a missing optional package), or the exported
+    file does not compute what the model computes; nothing is left at the destination."""
 
 
 class LayoutError(DataError):

@@ -1,0 +1,719 @@
+"""``pspnet export``: a model as one self-describing deployment file, checked against eager PyTorch before it lands.
+
+The file computes :class:`DeployedForward`: the model with BatchNorm folded into its convolutions (float32, eval
+mode), wrapped so that a deployer needs nothing but the file. By default it takes ``uint8`` RGB images
+``(N, H, W, 3)`` (the layout image decoders give) and normalises them inside the graph with the model card's mean
+and std; ``input_kind="normalized"`` takes float32 ``(N, 3, H, W)`` already normalised instead. It returns, as
+chosen, logits ``(N, K, H, W)`` float32, their softmax over the K classes, or class ids ``(N, H, W)`` int64 (the
+argmax), always at the input's size. Batch, height and width are dynamic unless ``static_size`` fixes H and W.
+
+Formats (:data:`FORMATS`): ONNX (``torch.onnx.export`` from a ``torch.export`` program), TorchScript
+(``torch.jit.trace``) and a ``torch.export`` ExportedProgram (``torch.export.save``). Every file carries the model
+card (classes, palette, normalisation, crop and base size, architecture, ...) and what its input and output are,
+as string entries (:func:`export_metadata`): an ONNX file's ``metadata_props``, a TorchScript or ExportedProgram
+archive's extra file ``pspnet_metadata.json``. :func:`read_metadata` reads them back through the model card's one
+parser.
+
+The file is written beside its destination under a temporary name and checked there (:func:`check_export`): it is
+run by its runtime (ONNX Runtime; ``torch.jit.load`` / ``torch.export.load``) on random images at sizes the pyramid
+bins do not divide and compared with the eager model as loaded (BatchNorm not folded). Only a file whose logits lie
+within :data:`LOGIT_RTOL` of the largest logit and whose labels equal eager's on at least
+:data:`MIN_LABEL_AGREEMENT` of the pixels is renamed into place; otherwise an :class:`~pspnet.errors.ExportError`
+says what differed and nothing is left at the destination.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .atomic import temporary_beside
+from .constants import __version__
+from .errors import ExportError
+from .inference import normalize
+from .models.card import ModelCard
+from .models.pspnet import PSPNet
+from .segmenter import prepare_for_inference
+from .weights.model_file import make_card
+
+__all__ = [
+    "CHECK_SIZES",
+    "FORMATS",
+    "INPUT_KINDS",
+    "LOGIT_RTOL",
+    "METADATA_FILE",
+    "MIN_LABEL_AGREEMENT",
+    "OUTPUT_KINDS",
+    "SUFFIXES",
+    "CheckReport",
+    "DeployedForward",
+    "ExportReport",
+    "ExportedMetadata",
+    "SizeCheck",
+    "check_export",
+    "export_metadata",
+    "export_model",
+    "read_metadata",
+    "require_onnx",
+]
+
+# The formats, each with the runtimes that serve it (shown by 'pspnet export --help').
+FORMATS: dict[str, str] = {
+    "onnx": "ONNX Runtime (CPU, CUDA, TensorRT, DirectML, CoreML execution providers; also onnxruntime-web), "
+    "OpenVINO, TensorRT and other ONNX runtimes; no Python or PyTorch needed",
+    "torchscript": "LibTorch (C++) and torch.jit.load in Python, without the pspnet package (torch 2.13 "
+    "warns that torch.jit is deprecated: prefer exported-program)",
+    "exported-program": "torch.export.load in Python, and the input of AOTInductor and ExecuTorch lowering",
+}
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+INPUT_KINDS: dict[str, str] = {
+    "uint8-rgb": "uint8 RGB images (N, H, W, 3) in 0-255, normalised inside the graph with the card's mean and std",
+    "normalized": "float32 images (N, 3, H, W), already normalised: (RGB - mean) / std",
+}
+OUTPUT_KINDS: dict[str, str] = {
+    "logits": "float32 logits (N, K, H, W)",
+    "proba": "float32 class probabilities (N, K, H, W), the softmax over the K classes",
+    "labels": "int64 class ids (N, H, W), the argmax over the classes",
+}
+# (batch, height, width) of the check: the 1/8 feature maps (13x10, 16x9) are divisible by none of the bins 2, 3, 6.
+CHECK_SIZES: tuple[tuple[int, int, int], ...] = ((1, 97, 75), (2, 121, 67))
+# The product guarantee of an fp32 export: logits within 1e-4 of the largest logit, labels equal on 99.99% of pixels.
+LOGIT_RTOL = 1e-4
+MIN_LABEL_AGREEMENT = 0.9999
+# The example batch of the export (2: a batch of 1 would make torch.export specialise the batch dimension to 1) and
+# the example size of a dynamic export (height != width, so that the two stay separate symbols).
+_EXAMPLE = (2, 72, 88)
+METADATA_FILE = "pspnet_metadata.json"  # the extra file of a TorchScript or ExportedProgram archive
+# Metadata entries stored as plain text; every other entry is JSON.
+_TEXT_KEYS = ("pspnet_version", "dataset", "format", "input", "output", "exported_by")
+_ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+
+def require_onnx() -> None:
+    """Raise an :class:`~pspnet.errors.ExportError` saying how to install them when onnx, onnxruntime or onnxscript
+    (``torch.onnx``'s exporter) cannot be imported: they are the optional extra ``pspnet[onnx]``."""
+    missing = []
+    for name in _ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ExportError(
+            f"ONNX export needs the packages {', '.join(_ONNX_PACKAGES)} (missing: {', '.join(missing)}); install "
+            "them with: pip install 'pspnet[onnx]'"
+        )
+
+
+class DeployedForward(nn.Module):
+    """What an exported file computes: ``model`` (called as is: pass it BatchNorm-folded and in eval mode) between
+    the input and output conventions of a deployment.
+
+    ``forward(image)``: with ``input_kind="uint8-rgb"`` a ``(N, H, W, 3)`` uint8 RGB tensor, normalised here as
+    :func:`pspnet.inference.normalize` does (``(x - mean) / std`` in float32, mean and std per RGB channel on the
+    0-255 scale); with ``"normalized"`` a ``(N, 3, H, W)`` float32 tensor passed to the model as it is. Returns
+    logits ``(N, K, H, W)`` float32, their softmax over K (``"proba"``) or the argmax ``(N, H, W)`` int64
+    (``"labels"``).
+    """
+
+    def __init__(
+        self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], input_kind: str, output_kind: str
+    ):
+        super().__init__()
+        if input_kind not in INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {list(INPUT_KINDS)}, got {input_kind!r}")
+        if output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"output kind must be one of {list(OUTPUT_KINDS)}, got {output_kind!r}")
+        self.model = model
+        self.input_kind = input_kind
+        self.output_kind = output_kind
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        if self.input_kind == "uint8-rgb":
+            x = (image.permute(0, 3, 1, 2).to(torch.float32) - self.mean) / self.std  # (N, 3, H, W)
+        else:
+            x = image
+        logits = self.model(x)  # (N, K, H, W)
+        if self.output_kind == "proba":
+            return torch.softmax(logits, dim=1)
+        if self.output_kind == "labels":
+            return logits.argmax(dim=1)  # (N, H, W) int64
+        return logits
+
+
+# -- metadata --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportedMetadata:
+    """What an exported file says about itself: the model ``card``, its ``format``, ``input_kind`` and
+    ``output_kind`` (keys of :data:`INPUT_KINDS` / :data:`OUTPUT_KINDS`), ``input_shape`` and ``output_shape``
+    (each side an integer, or the name of a dynamic one: ``batch``, ``height``, ``width``), ``min_size``
+    ([height, width], the smallest input a dynamic export accepts; None for a static one) and ``exported_by``."""
+
+    card: ModelCard
+    format: str
+    input_kind: str
+    output_kind: str
+    input_shape: tuple[int | str, ...]
+    output_shape: tuple[int | str, ...]
+    min_size: tuple[int, int] | None
+    exported_by: str
+
+
+def _shapes(
+    input_kind: str, output_kind: str, classes: int, static_size: tuple[int, int] | None
+) -> tuple[list[int | str], list[int | str]]:
+    height, width = static_size if static_size is not None else ("height", "width")
+    image: list[int | str] = ["batch", height, width, 3] if input_kind == "uint8-rgb" else ["batch", 3, height, width]
+    out: list[int | str] = ["batch", height, width] if output_kind == "labels" else ["batch", classes, height, width]
+    return image, out
+
+
+def export_metadata(
+    card: ModelCard,
+    *,
+    format: str,
+    input_kind: str,
+    output_kind: str,
+    static_size: tuple[int, int] | None = None,
+    min_size: tuple[int, int] | None = None,
+) -> dict[str, str]:
+    """The string entries an exported file carries (an ONNX file's ``metadata_props``).
+
+    The model card's entries under the keys of a model file (``model``, ``classes``, ``palette``,
+    ``ignore_index``, ``normalization``, ``inference``, ``source``, ``pspnet_version``, and ``dataset`` when it has
+    one), then ``format``, ``input`` and ``output`` (the kinds), ``input_shape`` and ``output_shape`` (lists of
+    sizes and dynamic side names), ``min_size`` and ``exported_by`` (pspnet's and torch's versions). Values are JSON
+    (``json.loads`` them), except the plain-text ``pspnet_version``, ``dataset``, ``format``, ``input``,
+    ``output`` and ``exported_by``.
+    """
+    image, out = _shapes(input_kind, output_kind, card.num_classes, static_size)
+    entries: dict[str, Any] = {
+        **card.to_dict(),
+        "format": format,
+        "input": input_kind,
+        "output": output_kind,
+        "input_shape": image,
+        "output_shape": out,
+        "min_size": None if min_size is None else list(min_size),
+        "exported_by": f"pspnet {__version__}, torch {torch.__version__}",
+    }
+    if entries["dataset"] is None:
+        del entries["dataset"]
+    return {key: value if key in _TEXT_KEYS else json.dumps(value) for key, value in entries.items()}
+
+
+def _parse_metadata(props: Mapping[str, str], where: Any) -> ExportedMetadata:
+    """:class:`ExportedMetadata` from the entries :func:`export_metadata` writes; the card by its one parser.
+    A missing or malformed entry is an ExportError naming ``where``."""
+    export_keys = ("format", "input", "output", "input_shape", "output_shape", "min_size", "exported_by")
+    missing = [key for key in export_keys if key not in props]
+    if missing:
+        raise ExportError(f"{where}: not a pspnet export (no metadata {', '.join(missing)})")
+    values: dict[str, Any] = {}
+    for key, text in props.items():
+        if key in _TEXT_KEYS:
+            values[key] = text
+            continue
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ExportError(f"{where}: metadata {key} is not JSON ({error.msg})") from None
+    values.setdefault("dataset", None)
+    card = ModelCard.from_dict({key: values[key] for key in values if key not in export_keys}, where)
+    for key, allowed in (("format", FORMATS), ("input", INPUT_KINDS), ("output", OUTPUT_KINDS)):
+        if values[key] not in allowed:
+            raise ExportError(f"{where}: metadata {key} must be one of {', '.join(allowed)}, got {values[key]!r}")
+    min_size = values["min_size"]
+    return ExportedMetadata(
+        card=card,
+        format=values["format"],
+        input_kind=values["input"],
+        output_kind=values["output"],
+        input_shape=tuple(values["input_shape"]),
+        output_shape=tuple(values["output_shape"]),
+        min_size=None if min_size is None else (int(min_size[0]), int(min_size[1])),
+        exported_by=values["exported_by"],
+    )
+
+
+def _format_of(path: Path) -> str:
+    for name, suffix in SUFFIXES.items():
+        if path.suffix == suffix:
+            return name
+    raise ExportError(f"{path}: not an exported file name ({', '.join(f'*{s}' for s in SUFFIXES.values())})")
+
+
+def read_metadata(path: str | os.PathLike[str], *, format: str | None = None) -> ExportedMetadata:
+    """The metadata of an exported file (``format`` defaults to the one its suffix names, :data:`SUFFIXES`)."""
+    path = Path(path)
+    format = format or _format_of(path)
+    if format == "onnx":
+        require_onnx()
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        props = {entry.key: entry.value for entry in proto.metadata_props}
+    else:
+        extra = {METADATA_FILE: ""}
+        with _quiet_exporter():
+            if format == "torchscript":
+                torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            else:
+                torch.export.load(str(path), extra_files=extra)
+        props = json.loads(extra[METADATA_FILE] or "{}")
+    return _parse_metadata(props, path)
+
+
+# -- the check -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SizeCheck:
+    """The exported file against eager PyTorch on ``batch`` random images of ``height x width`` pixels.
+
+    ``logit_rdiff``: ``max |logits_file - logits_eager| / max |logits_eager|`` (None when the file's output is not
+    logits and its graph gives none to compare); ``proba_diff``: the largest absolute probability difference (a
+    ``proba`` output); ``label_agreement``: the share of the ``pixels`` (batch x height x width) whose labels are
+    equal (the argmax of each side's logits or probabilities; a ``labels`` output's ids)."""
+
+    batch: int
+    height: int
+    width: int
+    logit_rdiff: float | None
+    proba_diff: float | None
+    proba_tolerance: float | None
+    label_agreement: float
+    pixels: int
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Every size checked (:class:`SizeCheck`) and the runtime that ran the file."""
+
+    runtime: str
+    sizes: tuple[SizeCheck, ...]
+
+    @property
+    def logit_rdiff(self) -> float | None:
+        diffs = [s.logit_rdiff for s in self.sizes if s.logit_rdiff is not None]
+        return max(diffs) if diffs else None
+
+    @property
+    def label_agreement(self) -> float:
+        """The share of equal labels over the pixels of every size together."""
+        equal = sum(s.label_agreement * s.pixels for s in self.sizes)
+        return equal / sum(s.pixels for s in self.sizes)
+
+    def problems(self) -> list[str]:
+        """What fails the guarantee (empty when the file passes)."""
+        out = []
+        for s in self.sizes:
+            where = f"at {s.batch}x{s.height}x{s.width}"
+            if s.logit_rdiff is not None and not s.logit_rdiff <= LOGIT_RTOL:
+                out.append(f"{where} the logits differ by {s.logit_rdiff:.3g} of the largest (at most {LOGIT_RTOL:g})")
+            if s.proba_diff is not None and not s.proba_diff <= (s.proba_tolerance or 0.0):
+                out.append(f"{where} the probabilities differ by {s.proba_diff:.3g} (at most {s.proba_tolerance:.3g})")
+            if not s.label_agreement >= MIN_LABEL_AGREEMENT:
+                out.append(
+                    f"{where} the labels are equal on {100 * s.label_agreement:.4f}% of the pixels (at least "
+                    f"{100 * MIN_LABEL_AGREEMENT:g}%)"
+                )
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems()
+
+
+def _eager_logits(model: nn.Module, images: np.ndarray, card: ModelCard, input_kind: str) -> Tensor:
+    """The eager model's float32 logits ``(N, K, H, W)`` for the check's inputs (uint8 NHWC or normalised NCHW)."""
+    x = torch.from_numpy(images)
+    if input_kind == "uint8-rgb":
+        x = normalize(x.permute(0, 3, 1, 2), card.mean, card.std)  # as Segmenter does
+    with torch.no_grad():
+        return model(x)
+
+
+def _check_inputs(batch: int, height: int, width: int, card: ModelCard, input_kind: str, seed: int) -> np.ndarray:
+    """Random uint8 RGB images (N, H, W, 3), or their normalisation (N, 3, H, W) float32."""
+    images = np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    if input_kind == "uint8-rgb":
+        return images
+    return normalize(torch.from_numpy(images).permute(0, 3, 1, 2), card.mean, card.std).numpy()
+
+
+def _compare(
+    output_kind: str, got: np.ndarray, got_logits: np.ndarray | None, expected: Tensor, shape: tuple[int, int, int]
+) -> SizeCheck:
+    """One :class:`SizeCheck` from a file's output (and its logits, if the runtime gave them) and eager logits."""
+    reference = expected.numpy()
+    scale = float(np.abs(reference).max()) or 1.0
+    logits = got if output_kind == "logits" else got_logits
+    logit_rdiff = None if logits is None else float(np.abs(logits - reference).max()) / scale
+    proba_diff = proba_tolerance = None
+    if output_kind == "proba":
+        proba_diff = float(np.abs(got - torch.softmax(expected, dim=1).numpy()).max())
+        # the softmax moves by at most half the largest logit change (|dp_i| <= 2 p_i (1 - p_i) max|dz|), so the
+        # logit guarantee allows this much
+        proba_tolerance = 0.5 * LOGIT_RTOL * scale
+    labels = got if output_kind == "labels" else got.argmax(axis=1)
+    agreement = float((labels == reference.argmax(axis=1)).mean())
+    batch, height, width = shape
+    return SizeCheck(batch, height, width, logit_rdiff, proba_diff, proba_tolerance, agreement, batch * height * width)
+
+
+def _onnx_runner(path: Path, output_kind: str) -> tuple[Callable[[np.ndarray], tuple[np.ndarray, Any]], str]:
+    """A function running the ONNX file in ONNX Runtime: input -> (output, logits or None). For a ``proba`` or
+    ``labels`` file the logits are read from the same graph: its last node (Softmax or ArgMax) has them as input,
+    exposed as an extra output of an in-memory copy of the file."""
+    import onnx
+    import onnxruntime
+
+    onnx.checker.check_model(str(path))
+    proto = onnx.load(str(path))
+    logits_name = None
+    if output_kind != "logits":
+        producer = next((n for n in proto.graph.node if proto.graph.output[0].name in n.output), None)
+        if producer is not None and producer.op_type in ("Softmax", "ArgMax"):
+            logits_name = producer.input[0]
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(logits_name, onnx.TensorProto.FLOAT, None))
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = session.run(None, {input_name: x})
+        return outputs[0], outputs[1] if logits_name is not None else None
+
+    return run, f"ONNX Runtime {onnxruntime.__version__}"
+
+
+def _torch_runner(path: Path, format: str) -> tuple[Callable[[np.ndarray], tuple[np.ndarray, Any]], str]:
+    """A function running a TorchScript or ExportedProgram file reloaded by torch: input -> (output, None)."""
+    if format == "torchscript":
+        module = torch.jit.load(str(path), map_location="cpu")
+        runtime = f"torch.jit.load (torch {torch.__version__})"
+    else:
+        module = torch.export.load(str(path)).module()
+        runtime = f"torch.export.load (torch {torch.__version__})"
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, None]:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy(), None
+
+    return run, runtime
+
+
+def check_export(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    card: ModelCard,
+    format: str,
+    input_kind: str,
+    output_kind: str,
+    sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES,
+    seed: int = 0,
+) -> CheckReport:
+    """Run the exported file at ``path`` in its runtime and ``model`` (eager, float32, eval mode) on the same random
+    images, one batch per ``(batch, height, width)`` in ``sizes``, and compare (:class:`SizeCheck`). The report's
+    :meth:`~CheckReport.problems` say what fails the guarantee; nothing is raised for a difference."""
+    path = Path(path)
+    with _quiet_exporter():
+        run, runtime = _onnx_runner(path, output_kind) if format == "onnx" else _torch_runner(path, format)
+    checks = []
+    for i, (batch, height, width) in enumerate(sizes):
+        x = _check_inputs(batch, height, width, card, input_kind, seed + i)
+        got, got_logits = run(x)
+        expected = _eager_logits(model, x, card, input_kind)
+        checks.append(_compare(output_kind, got, got_logits, expected, (batch, height, width)))
+    return CheckReport(runtime=runtime, sizes=tuple(checks))
+
+
+# -- writing ---------------------------------------------------------------------------------------------------
+
+
+def _dynamic_shapes(input_kind: str, static: bool) -> dict[str, dict[int, Any]]:
+    """torch.export's dynamic_shapes for the image: the batch always, height and width unless static (their range
+    is found by torch.export: Dim.DYNAMIC)."""
+    dim = torch.export.Dim
+    spatial = (1, 2) if input_kind == "uint8-rgb" else (2, 3)
+    dims: dict[int, Any] = {0: dim("batch", min=1)}
+    if not static:
+        dims.update({spatial[0]: dim.DYNAMIC, spatial[1]: dim.DYNAMIC})
+    return {"image": dims}
+
+
+def _dynamic_names(program: torch.export.ExportedProgram, input_kind: str) -> dict[str, str]:
+    """{symbol: name} of the image's dynamic sides in ``program`` ("s77" -> "batch", ...)."""
+    image = [node for node in program.graph.nodes if node.op == "placeholder"][-1].meta["val"]
+    names = {0: "batch", **({1: "height", 2: "width"} if input_kind == "uint8-rgb" else {2: "height", 3: "width"})}
+    return {str(image.shape[axis]): name for axis, name in names.items() if isinstance(image.shape[axis], torch.SymInt)}
+
+
+def _min_size(program: torch.export.ExportedProgram, input_kind: str) -> tuple[int, int]:
+    """The smallest (height, width) ``program`` accepts, from torch.export's ranges of its symbols (9 x 9 for output
+    stride 8: a 1x1 feature map makes align_corners upsampling a special case)."""
+    lower = {str(symbol): int(bounds.lower) for symbol, bounds in program.range_constraints.items()}
+    names = {name: symbol for symbol, name in _dynamic_names(program, input_kind).items()}
+    return lower.get(names.get("height", ""), 1), lower.get(names.get("width", ""), 1)
+
+
+def _rename_dims(proto: Any, names: Mapping[str, str]) -> None:
+    """Give the ONNX graph's dynamic sides their names (``batch``, ``height``, ``width``) instead of torch's
+    symbols, in its inputs, outputs and value infos (expressions like ``s53//8`` included)."""
+    if not names:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    for info in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda m: names[m.group(1)], dim.dim_param)
+
+
+def _doc_string(meta: Mapping[str, str], card: ModelCard) -> str:
+    return (
+        f"PSPNet semantic segmentation, {card.num_classes} classes, exported by {meta['exported_by']}. "
+        f"Input 'image': {INPUT_KINDS[meta['input']]}; output '{meta['output']}': {OUTPUT_KINDS[meta['output']]}. "
+        "metadata_props hold the classes, palette, normalisation, crop and base size and the architecture (JSON)."
+    )
+
+
+def _write_onnx(
+    program: torch.export.ExportedProgram,
+    example: Tensor,
+    path: Path,
+    meta: dict[str, str],
+    card: ModelCard,
+    *,
+    input_kind: str,
+    output_kind: str,
+    opset: int | None,
+) -> int | None:
+    """Translate ``program`` to ONNX, add ``meta`` as metadata_props, write it to ``path``; returns its opset."""
+    import onnx
+
+    try:
+        onnx_program = torch.onnx.export(
+            program,
+            (example,),
+            input_names=["image"],
+            output_names=[output_kind],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    except Exception as error:
+        detail = " ".join(str(error).split())[:300]
+        if opset is not None:
+            raise ExportError(f"{opset}: torch.onnx.export failed at this opset: {detail}", argument="opset") from error
+        raise ExportError(f"torch.onnx.export failed: {detail}") from error
+    proto = onnx_program.model_proto
+    written = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:  # torch.onnx keeps its own opset when it cannot convert
+        raise ExportError(
+            f"{opset}: torch.onnx could not convert the model to this opset (it would be {written}); choose another",
+            argument="opset",
+        )
+    _rename_dims(proto, _dynamic_names(program, input_kind))
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = _doc_string(meta, card)
+    if proto.ByteSize() >= 2**31:
+        raise ExportError("the model is over 2 GB, the most one ONNX file holds; nothing was written")
+    onnx.save_model(proto, str(path))
+    return written
+
+
+# Loggers of torch.onnx and onnxscript: the registry's notes on torchvision operators it skips; the note that an
+# opset below 18 is reached by conversion, and the converter's traceback when that fails (export_model then
+# refuses the file, naming the opset).
+_QUIET_LOGGERS = (
+    "torch.onnx._internal.exporter._registration",
+    "torch.onnx._internal.exporter._compat",
+    "onnxscript.version_converter",
+)
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence what torch's exporters print that this module says better or that says nothing about the model:
+    :data:`_QUIET_LOGGERS`, a FutureWarning of torch.utils._pytree raised inside torch.export, and torch.jit's
+    deprecation warnings (the --help of the command says TorchScript is deprecated)."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            # torch 2.13 deprecates torch.jit; 'pspnet export --help' says so where it offers TorchScript
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_model` did: the ``path`` written, its ``format``, ``opset`` (ONNX), its ``metadata``
+    entries, its size in ``bytes``, the ``check`` that passed, and the seconds spent exporting and checking."""
+
+    path: Path
+    format: str
+    opset: int | None
+    metadata: dict[str, str]
+    bytes: int
+    check: CheckReport
+    export_seconds: float
+    check_seconds: float
+
+
+def _check_options(
+    format: str, input_kind: str, output_kind: str, static_size: tuple[int, int] | None, opset: int | None
+) -> None:
+    for argument, value, allowed in (
+        ("format", format, FORMATS),
+        ("input_kind", input_kind, INPUT_KINDS),
+        ("output_kind", output_kind, OUTPUT_KINDS),
+    ):
+        if value not in allowed:
+            raise ExportError(f"{value!r}: choose one of {', '.join(allowed)}", argument=argument)
+    if static_size is not None and (len(static_size) != 2 or min(static_size) < 1):
+        raise ExportError(f"{list(static_size)}: give a height and a width of at least 1 pixel", argument="static_size")
+    if opset is not None and format != "onnx":
+        raise ExportError(f"{opset}: an opset is an ONNX setting, not one of {format}", argument="opset")
+    if opset is not None and opset < 1:
+        raise ExportError(f"{opset}: an ONNX opset is a positive integer", argument="opset")
+
+
+def export_model(
+    model: PSPNet,
+    out: str | os.PathLike[str],
+    *,
+    format: str = "onnx",
+    input_kind: str = "uint8-rgb",
+    output_kind: str = "logits",
+    static_size: tuple[int, int] | None = None,
+    opset: int | None = None,
+    check_sizes: Sequence[tuple[int, int, int]] | None = None,
+) -> ExportReport:
+    """Export ``model`` (not changed: a copy is folded) as ``out`` in ``format``, check it, then put it in place.
+
+    ``input_kind`` and ``output_kind``: see :class:`DeployedForward`. ``static_size`` (height, width) fixes the
+    spatial size (the batch stays dynamic); else batch, height and width are dynamic. ``opset``: the ONNX opset
+    (default: torch.onnx's). ``check_sizes``: the ``(batch, height, width)`` batches of the check (default:
+    :data:`CHECK_SIZES`, or batches of 1 and 2 at ``static_size``). The metadata (:func:`export_metadata`) comes
+    from ``model.card`` (:func:`~pspnet.weights.make_card`'s defaults for a model without one).
+
+    The file is written under a temporary name beside ``out``, checked (:func:`check_export`) and renamed to
+    ``out`` only when it passes; an :class:`~pspnet.errors.ExportError` (a failed check, an option the format lacks,
+    onnx not installed) or any other failure leaves nothing at ``out`` (an existing file there is kept).
+    """
+    _check_options(format, input_kind, output_kind, static_size, opset)
+    if format == "onnx":
+        require_onnx()
+    out = Path(out)
+    card = model.card if model.card is not None else make_card(model.config)
+    reference = copy.deepcopy(model).to("cpu", torch.float32).eval()  # the eager model as loaded
+    folded = prepare_for_inference(copy.deepcopy(reference), "fp32")
+    deployed = DeployedForward(
+        folded, mean=card.mean, std=card.std, input_kind=input_kind, output_kind=output_kind
+    ).eval()
+    batch, height, width = _EXAMPLE
+    if static_size is not None:
+        height, width = static_size
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    example = torch.from_numpy(pixels)
+    if input_kind == "normalized":
+        example = normalize(example.permute(0, 3, 1, 2), card.mean, card.std).contiguous()
+    if check_sizes is None:
+        check_sizes = CHECK_SIZES if static_size is None else ((1, height, width), (2, height, width))
+
+    fd, tmp_name = temporary_beside(out, suffix=f".tmp{out.suffix}")  # torch.export.load wants its .pt2
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        started = time.perf_counter()
+        min_size = written_opset = None
+        with torch.no_grad(), _quiet_exporter():
+            if format == "torchscript":
+                scripted = torch.jit.trace(deployed, (example,), check_trace=False)
+                meta = export_metadata(
+                    card, format=format, input_kind=input_kind, output_kind=output_kind, static_size=static_size
+                )
+                torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+            else:
+                program = torch.export.export(
+                    deployed, (example,), dynamic_shapes=_dynamic_shapes(input_kind, static_size is not None)
+                )
+                if static_size is None:
+                    min_size = _min_size(program, input_kind)
+                meta = export_metadata(
+                    card,
+                    format=format,
+                    input_kind=input_kind,
+                    output_kind=output_kind,
+                    static_size=static_size,
+                    min_size=min_size,
+                )
+                if format == "onnx":
+                    written_opset = _write_onnx(
+                        program, example, tmp, meta, card, input_kind=input_kind, output_kind=output_kind, opset=opset
+                    )
+                else:
+                    torch.export.save(program, str(tmp), extra_files={METADATA_FILE: json.dumps(meta)})
+        exported = time.perf_counter()
+        if min_size is not None:
+            check_sizes = [(b, max(h, min_size[0]), max(w, min_size[1])) for b, h, w in check_sizes]
+        check = check_export(
+            tmp,
+            reference,
+            card=card,
+            format=format,
+            input_kind=input_kind,
+            output_kind=output_kind,
+            sizes=check_sizes,
+        )
+        checked = time.perf_counter()
+        if not check.passed:
+            raise ExportError(
+                f"{out}: the exported file does not compute what the model computes ({check.runtime} against eager "
+                f"PyTorch): {'; '.join(check.problems())}; nothing was written",
+            )
+        size = tmp.stat().st_size
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportReport(
+        path=out,
+        format=format,
+        opset=written_opset,
+        metadata=meta,
+        bytes=size,
+        check=check,
+        export_seconds=exported - started,
+        check_seconds=checked - exported,
+    )

@@ -458,7 +458,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             return 2
     s = segmenter.settings
     print(
-        f"predicting with {args.checkpoint} on {segmenter.device}: {segmenter.num_classes} classes, mode {s.mode}, "
+        f"predicting with {args.checkpoint} on {segmenter.device} ({segmenter.backend}): {segmenter.num_classes} classes, mode {s.mode}, "
         f"crop {s.crop_size[0]}x{s.crop_size[1]}, base size {s.base_size or 'native'}, scales {list(s.scales)}, "
         f"flip {s.flip}, {s.precision} ({segmenter.precision_reason}), batch {args.batch}",
         file=sys.stderr,
@@ -714,7 +714,13 @@ def build_parser() -> argparse.ArgumentParser:
         "still predicted and predictions.csv is always written; the exit status is 0 only when every input "
         "succeeded.",
     )
-    pr.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or training run directory")
+    pr.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="model file (.safetensors), training run directory, or an ONNX file (.onnx, run by ONNX Runtime on the "
+        "CPU in fp32, its classes and colours from its metadata) exported with 'pspnet export MODEL --out FILE.onnx "
+        "--input normalized --output logits' (--int8 too)",
+    )
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video file, folder, or glob pattern")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png: blend with a legend")
@@ -741,10 +747,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRECISION_CHOICES,
         default="auto",
         help="inference precision; auto (the default): bf16 where the device computes it natively (CUDA, CPUs with "
-        "AVX512_BF16 or AMX), else fp32; bf16 elsewhere is emulated and slow (a warning says so)",
+        "AVX512_BF16 or AMX), else fp32; bf16 elsewhere is emulated and slow (a warning says so); an .onnx file "
+        "runs in fp32 only",
     )
     pr.add_argument(
-        "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
+        "--device",
+        type=_device,
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...; an .onnx file runs on the CPU",
     )
     pr.add_argument("--batch", type=positive_int, default=4, help="images of one size per forward pass (default: 4)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")

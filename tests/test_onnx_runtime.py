@@ -12,6 +12,8 @@ differ only on near-ties, which must stay below 0.01% of the pixels (the issue's
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from PIL import Image
 from rounding import network_rtol, probability_bound
 
 from pspnet.cli import main
-from pspnet.errors import CheckpointError, InputError
+from pspnet.errors import CheckpointError, ExportError, InputError
 from pspnet.export import export_model, read_metadata
 from pspnet.segmenter import Segmenter
 from pspnet.weights.model_file import make_card, save_model
@@ -162,3 +164,78 @@ def test_predict_with_the_onnx_file_writes_what_the_model_file_writes(files, ima
         (tmp_path / "torch" / "predictions.csv").read_text().splitlines()[0]
     )
     assert read_metadata(onnx_file).card.classes[:2] == ("Sky", "Building")
+
+
+# -- int8 -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_export(files, images, tmp_path_factory) -> tuple[Path, int, str]:
+    """(the int8 file written by 'pspnet export --int8 --calib', exit status, stdout)."""
+    model_file, _, _ = files
+    path = tmp_path_factory.mktemp("int8") / "tiny_int8.onnx"
+    argv = ["export", str(model_file), "--out", str(path), "--input", "normalized", "--output", "logits"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main([*argv, "--int8", "--calib", str(images[0].parent)])
+    return path, status, stdout.getvalue()
+
+
+def test_int8_export_keeps_the_card_says_it_is_quantised_and_runs_in_the_segmenter(files, images, int8_export):
+    import onnx
+
+    _, onnx_file, model = files
+    path, status, stdout = int8_export
+    assert status == 0, stdout
+    assert "quantised to int8" in stdout and "clearly decided pixels" in stdout
+    meta = read_metadata(path)
+    assert meta.quantization == "int8 static, 3 calibration images"
+    assert meta.card == model.card and (meta.input_kind, meta.output_kind) == ("normalized", "logits")
+    assert read_metadata(onnx_file).quantization is None
+    graph = onnx.load(str(path)).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    weights = [t for t in int8 if len(t.dims) == 4]
+    zero_points = [t for t in int8 if len(t.dims) == 1]  # one per output channel: per-channel quantisation
+    assert len(weights) == len(zero_points) == sum(node.op_type == "Conv" for node in graph.node)
+    assert sorted(w.dims[0] for w in weights) == sorted(z.dims[0] for z in zero_points)
+    seg = Segmenter.from_checkpoint(path, mode="slide")
+    assert seg.backend == "onnxruntime" and "int8 static" in seg.precision_reason
+    labels = seg.predict_batch(images)
+    assert [a.shape for a in labels] == [(SIZE[1], SIZE[0])] * 3
+
+
+def test_an_int8_file_that_fails_its_check_is_not_written(files, images, tmp_path, monkeypatch):
+    from pspnet import export
+
+    _, _, model = files
+    monkeypatch.setattr(export, "INT8_MIN_LABEL_AGREEMENT", 1.01)  # no file can pass
+    calibration = export.calibration_images(images[0].parent, CROP)
+    assert calibration.shape == (3, *CROP, 3) and calibration.dtype == np.uint8
+    with pytest.raises(ExportError, match="the int8 file does not compute what the model computes") as caught:
+        export_model(model, tmp_path / "x.onnx", input_kind="normalized", calibration=calibration)
+    assert "clearly decided pixels" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--int8"], "--int8 and --calib DIR go together"),
+        (["--calib", "."], "--int8 and --calib DIR go together"),
+        (["--int8", "--calib", ".", "--format", "torchscript"], "--int8 quantises ONNX files"),
+    ],
+)
+def test_int8_options_are_checked_before_any_work(files, tmp_path, capsys, extra, message):
+    model_file, _, _ = files
+    out = tmp_path / ("x.pt" if "torchscript" in extra else "x.onnx")
+    assert main(["export", str(model_file), "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_calibration_needs_images(tmp_path):
+    from pspnet.export import calibration_images
+
+    with pytest.raises(ExportError, match=r"^calib .*: no images"):
+        calibration_images(tmp_path, CROP)

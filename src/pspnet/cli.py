@@ -174,8 +174,20 @@ def _size_line(check: SizeCheck) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import INPUT_KINDS, LOGIT_RTOL, MIN_LABEL_AGREEMENT, OUTPUT_KINDS, SUFFIXES, export_model, require_onnx
+    from .export import (
+        INPUT_KINDS,
+        INT8_DECIDED_MARGIN,
+        INT8_MIN_LABEL_AGREEMENT,
+        LOGIT_RTOL,
+        MIN_LABEL_AGREEMENT,
+        OUTPUT_KINDS,
+        SUFFIXES,
+        calibration_images,
+        export_model,
+        require_onnx,
+    )
     from .runs import load_model, resolve_model_path
+    from .weights import make_card
 
     out = Path(args.out)
     suffix = SUFFIXES[args.format]
@@ -191,11 +203,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.opset is not None and args.format != "onnx":
         print(f"error: --opset is an ONNX setting; --format {args.format} has none", file=sys.stderr)
         return 2
+    if args.int8 and args.format != "onnx":
+        print(f"error: --int8 quantises ONNX files; --format {args.format} has no int8", file=sys.stderr)
+        return 2
+    if args.int8 != (args.calib is not None):
+        print("error: --int8 and --calib DIR go together: int8 is calibrated on images of DIR", file=sys.stderr)
+        return 2
     if args.format == "onnx":
         require_onnx()  # before the model is loaded: says how to install the 'onnx' extra
     source = resolve_model_path(args.model)
     model = load_model(source)
     static = tuple(args.static) if args.static else None
+    calibration = None
+    if args.int8:  # at the size the file will see: --static's, else the crop of sliding windows
+        card = model.card if model.card is not None else make_card(model.config)
+        calibration = calibration_images(args.calib, static or card.crop_size)
     print(f"exporting {source} to {out} ({args.format}) and checking it...", file=sys.stderr, flush=True)
     report = export_model(
         model,
@@ -205,6 +227,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         output_kind=args.output,
         static_size=static,
         opset=args.opset,
+        calibration=calibration,
     )
     meta, check = report.metadata, report.check
     opset = f", opset {report.opset}" if report.opset is not None else ""
@@ -229,6 +252,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"passed: logits within {LOGIT_RTOL:.0e} of the largest logit, labels equal on at least "
         f"{100 * MIN_LABEL_AGREEMENT:g}% of the pixels"
     )
+    int8 = report.int8
+    if int8 is not None:
+        print(
+            f"quantised to int8 in {report.quantize_seconds:.1f} s ({meta['quantization']} from {args.calib}, "
+            f"resized to {calibration.shape[1]}x{calibration.shape[2]}); checked on those images against eager:"
+        )
+        if int8.logit_rdiff is not None:
+            print(f"  largest logit difference {int8.logit_rdiff:.2e} of the largest logit")
+        print(f"  labels equal on {100 * int8.label_agreement:.2f}% of {int8.pixels:,} pixels")
+        decided = "none" if int8.decided_agreement is None else f"{100 * int8.decided_agreement:.2f}%"
+        print(
+            f"  labels equal on {decided} of the {int8.decided_pixels:,} clearly decided pixels (two best logits "
+            f"{100 * INT8_DECIDED_MARGIN:g}% of the largest apart; at least {100 * INT8_MIN_LABEL_AGREEMENT:g}% "
+            "needed)"
+        )
     return 0
 
 
@@ -767,7 +805,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_command(commands: argparse._SubParsersAction) -> None:
-    from .export import CHECK_SIZES, FORMATS, INPUT_KINDS, OUTPUT_KINDS, SUFFIXES
+    from .export import (
+        CHECK_SIZES,
+        FORMATS,
+        INPUT_KINDS,
+        INT8_DECIDED_MARGIN,
+        INT8_MIN_LABEL_AGREEMENT,
+        MAX_CALIBRATION_IMAGES,
+        OUTPUT_KINDS,
+        SUFFIXES,
+    )
 
     sizes = " and ".join(f"{b} x {h}x{w}" for b, h, w in CHECK_SIZES)
     ex = commands.add_parser(
@@ -814,6 +861,20 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
         type=positive_int,
         metavar=("H", "W"),
         help="fix the input's height and width (the batch stays dynamic); the check runs at that size only",
+    )
+    ex.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX: quantise the checked float32 graph to int8 for CPUs (ONNX Runtime's static quantiser: QDQ, "
+        "int8 weights per output channel, uint8 activations) calibrated on --calib; it is checked on those "
+        f"images: labels equal to eager's on at least {100 * INT8_MIN_LABEL_AGREEMENT:g}%% of the pixels whose two "
+        f"best logits are {100 * INT8_DECIDED_MARGIN:g}%% of the largest apart (docs/deploy.md)",
+    )
+    ex.add_argument(
+        "--calib",
+        metavar="DIR",
+        help=f"with --int8: a folder of images (the first {MAX_CALIBRATION_IMAGES} by name, resized to the model's "
+        "crop) to calibrate the activation ranges with; take images like those the model will see",
     )
     ex.add_argument("--force", action="store_true", help="replace FILE if it exists")
     ex.set_defaults(func=_cmd_export)

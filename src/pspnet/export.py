@@ -64,7 +64,10 @@ __all__ = [
     "CHECK_SIZES",
     "FORMATS",
     "INPUT_KINDS",
+    "INT8_DECIDED_MARGIN",
+    "INT8_MIN_LABEL_AGREEMENT",
     "LOGIT_RTOL",
+    "MAX_CALIBRATION_IMAGES",
     "METADATA_FILE",
     "MIN_LABEL_AGREEMENT",
     "OUTPUT_KINDS",
@@ -73,10 +76,14 @@ __all__ = [
     "DeployedForward",
     "ExportReport",
     "ExportedMetadata",
+    "Int8Check",
     "SizeCheck",
+    "calibration_images",
     "check_export",
+    "check_int8",
     "export_metadata",
     "export_model",
+    "quantize_int8",
     "read_metadata",
     "require_onnx",
 ]
@@ -469,7 +476,9 @@ def _quiet_exporter() -> Iterator[None]:
 @dataclass(frozen=True)
 class ExportReport:
     """What :func:`export_model` did: the ``path`` written, its ``format``, ``opset`` (ONNX), its ``metadata``
-    entries, its size in ``bytes``, the ``check`` that passed, and the seconds spent exporting and checking."""
+    entries, its size in ``bytes``, the ``check`` that passed, and the seconds spent exporting and checking; for an
+    int8 file the ``int8`` check of the quantised graph (the float32 ``check`` is of the graph it was made from) and
+    the seconds spent quantising."""
 
     path: Path
     format: str
@@ -479,6 +488,192 @@ class ExportReport:
     check: CheckReport
     export_seconds: float
     check_seconds: float
+    int8: Int8Check | None = None
+    quantize_seconds: float = 0.0
+
+
+# -- int8 -----------------------------------------------------------------------------------------------------
+
+# The int8 file's guarantee, checked on its calibration images (see Int8Check): labels equal to eager's on at least
+# 99% of the pixels that eager decides clearly, those whose two best logits are at least 10% of the largest logit
+# apart. Quantisation moves logits by a few percent of the largest (4-8% measured for random-weight PSPNet18 and 50),
+# so it may flip a near-tie but never a clear decision unless the quantised graph is broken.
+INT8_MIN_LABEL_AGREEMENT = 0.99
+INT8_DECIDED_MARGIN = 0.1
+MAX_CALIBRATION_IMAGES = 16  # ONNX Runtime's MinMax calibration needs a few images, and runs each one in fp32
+_QUANTIZED_OPS = ("Conv",)  # the convolutions hold all but a few per cent of the work; the rest stays float32
+
+
+def calibration_images(
+    folder: str | os.PathLike[str], crop_size: tuple[int, int], *, limit: int = MAX_CALIBRATION_IMAGES
+) -> np.ndarray:
+    """The first ``limit`` images of ``folder`` (by name; files with an image suffix, subfolders not searched) as
+    ``(N, height, width, 3)`` uint8 RGB, each resized (bilinear) to ``crop_size`` (height, width): the size the
+    protocol feeds the network, so the activation ranges the quantiser records are the deployment's. A folder
+    without images is an :class:`~pspnet.errors.ExportError` naming ``calib``."""
+    from PIL import Image
+
+    from .data.datasets import IMAGE_SUFFIXES
+    from .data.io import read_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: not a folder of calibration images", argument="calib")
+    names = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
+    if not names:
+        raise ExportError(f"{folder}: no images ({' '.join(IMAGE_SUFFIXES)}) to calibrate with", argument="calib")
+    height, width = crop_size
+    resized = [np.asarray(Image.fromarray(read_image(name)).resize((width, height), Image.BILINEAR)) for name in names]
+    return np.stack(resized)  # (N, H, W, 3) uint8
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """The int8 file against eager PyTorch (float32) on its ``images`` calibration images, one at a time.
+
+    ``logit_rdiff``: ``max |logits_int8 - logits_eager| / max |logits_eager|`` (None for a ``labels`` file);
+    ``label_agreement``: the share of all ``pixels`` with equal labels; ``decided_pixels``: the pixels whose two
+    best eager logits are at least :data:`INT8_DECIDED_MARGIN` of the largest logit apart, and
+    ``decided_agreement`` the share of those with equal labels (None when there are none).
+
+    Why these images and this rule: a quantised graph is only accurate on inputs whose activations lie in the ranges
+    its calibration recorded, so random noise images (the float32 check's) say nothing about it; the calibration
+    images are real images at the protocol's size. And with random or weakly trained weights most pixels are
+    near-ties between classes that the few-per-cent noise of int8 flips at random (about 7% of the pixels of a
+    random-weight PSPNet18), so all-pixel agreement measures the weights, not the quantisation; clear decisions
+    must survive it on any model."""
+
+    images: int
+    pixels: int
+    logit_rdiff: float | None
+    label_agreement: float
+    decided_pixels: int
+    decided_agreement: float | None
+
+    def problems(self) -> list[str]:
+        if self.decided_agreement is not None and not self.decided_agreement >= INT8_MIN_LABEL_AGREEMENT:
+            share = 100 * self.decided_agreement
+            problem = (
+                f"on the {self.decided_pixels:,} clearly decided pixels of the calibration images the int8 labels "
+                f"equal eager's on {share:.2f}% (at least {100 * INT8_MIN_LABEL_AGREEMENT:g}%)"
+            )
+            return [problem]
+        return []
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems()
+
+
+def check_int8(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    card: ModelCard,
+    input_kind: str,
+    output_kind: str,
+) -> Int8Check:
+    """Run the int8 ONNX file at ``path`` and ``model`` (eager, float32) on ``images`` (``(N, H, W, 3)`` uint8
+    RGB, the calibration images) and compare (:class:`Int8Check`)."""
+    run, _ = _onnx_runner(Path(path), output_kind)
+    pixels = equal = decided = decided_equal = 0
+    rdiff: float | None = None
+    for image in images:
+        x = image[None]
+        if input_kind == "normalized":
+            x = normalize(torch.from_numpy(x).permute(0, 3, 1, 2), card.mean, card.std).numpy()
+        got, got_logits = run(x)
+        expected = _eager_logits(model, x, card, input_kind).numpy()  # (1, K, H, W)
+        logits = got if output_kind == "logits" else got_logits
+        labels = got if output_kind == "labels" else got.argmax(axis=1)
+        scale = float(np.abs(expected).max()) or 1.0
+        if logits is not None:
+            diff = float(np.abs(logits - expected).max()) / scale
+            rdiff = diff if rdiff is None else max(rdiff, diff)
+        same = labels == expected.argmax(axis=1)
+        top2 = np.sort(expected, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) >= INT8_DECIDED_MARGIN * scale
+        pixels, equal = pixels + same.size, equal + int(same.sum())
+        decided, decided_equal = decided + int(clear.sum()), decided_equal + int(same[clear].sum())
+    return Int8Check(
+        images=len(images),
+        pixels=pixels,
+        logit_rdiff=rdiff,
+        label_agreement=equal / pixels,
+        decided_pixels=decided,
+        decided_agreement=decided_equal / decided if decided else None,
+    )
+
+
+def quantize_int8(
+    fp32_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    images: np.ndarray,
+    *,
+    card: ModelCard,
+    input_kind: str,
+    metadata: Mapping[str, str],
+) -> None:
+    """Quantise the float32 ONNX file ``fp32_path`` to int8 and write it to ``out`` with ``metadata``.
+
+    ONNX Runtime's static quantiser: the graph is first prepared by its ``quant_pre_process`` (shape inference and
+    graph optimisation), then its convolutions get int8 weights per output channel and uint8 activations, as
+    QuantizeLinear/DequantizeLinear pairs (QDQ format, which ONNX Runtime fuses into integer kernels, VNNI where the
+    CPU has it); the activation ranges are the MinMax of a float32 run on ``images`` (``(N, H, W, 3)`` uint8 RGB,
+    fed one at a time in the file's ``input_kind``). Input and output stay float32 (or uint8 / int64 as exported).
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(_calibration_inputs(images, card, input_kind))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.batches, None)
+            return None if x is None else {"image": x}
+
+    out = Path(out)
+    fd, pre_name = temporary_beside(out, suffix=".pre.onnx")
+    os.close(fd)
+    try:
+        quant_pre_process(str(fp32_path), pre_name)
+        quantize_static(
+            pre_name,
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=list(_QUANTIZED_OPS),
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        Path(pre_name).unlink(missing_ok=True)
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = _doc_string(metadata, card) + f" Quantised: {metadata['quantization']}."
+    onnx.save_model(proto, str(out))
+
+
+def _calibration_inputs(images: np.ndarray, card: ModelCard, input_kind: str) -> Iterator[np.ndarray]:
+    for image in images:
+        x = image[None]  # (1, H, W, 3) uint8
+        if input_kind == "normalized":
+            x = normalize(torch.from_numpy(x).permute(0, 3, 1, 2), card.mean, card.std).numpy()
+        yield x
 
 
 def _check_options(
@@ -509,13 +704,17 @@ def export_model(
     static_size: tuple[int, int] | None = None,
     opset: int | None = None,
     check_sizes: Sequence[tuple[int, int, int]] | None = None,
+    calibration: np.ndarray | None = None,
 ) -> ExportReport:
     """Export ``model`` (not changed: a copy is folded) as ``out`` in ``format``, check it, then put it in place.
 
     ``input_kind`` and ``output_kind``: see :class:`DeployedForward`. ``static_size`` (height, width) fixes the
     spatial size (the batch stays dynamic); else batch, height and width are dynamic. ``opset``: the ONNX opset
     (default: torch.onnx's). ``check_sizes``: the ``(batch, height, width)`` batches of the check (default:
-    :data:`CHECK_SIZES`, or batches of 1 and 2 at ``static_size``). The metadata (:func:`export_metadata`) comes
+    :data:`CHECK_SIZES`, or batches of 1 and 2 at ``static_size``). ``calibration`` (ONNX only): ``(N, H, W, 3)``
+    uint8 RGB images (:func:`calibration_images`); with them the checked float32 graph is quantised to int8
+    (:func:`quantize_int8`), checked on those images (:func:`check_int8`, :class:`Int8Check`) and written instead,
+    its metadata saying ``quantization: "int8 static, N calibration images"``. The metadata (:func:`export_metadata`) comes
     from ``model.card`` (:func:`~pspnet.weights.make_card`'s defaults for a model without one).
 
     The file is written under a temporary name beside ``out``, checked (:func:`check_export`) and renamed to
@@ -523,6 +722,10 @@ def export_model(
     onnx not installed) or any other failure leaves nothing at ``out`` (an existing file there is kept).
     """
     _check_options(format, input_kind, output_kind, static_size, opset)
+    if calibration is not None and format != "onnx":
+        raise ExportError(f"{format}: int8 quantisation is for ONNX files (--format onnx)", argument="format")
+    if calibration is not None and (calibration.ndim != 4 or calibration.shape[-1] != 3 or not len(calibration)):
+        raise ExportError(f"{calibration.shape}: give (N, H, W, 3) uint8 RGB images", argument="calibration")
     if format == "onnx":
         require_onnx()
     out = Path(out)
@@ -593,6 +796,28 @@ def export_model(
                 f"{out}: the exported file does not compute what the model computes ({check.runtime} against eager "
                 f"PyTorch): {'; '.join(check.problems())}; nothing was written",
             )
+        int8 = None
+        quantized = checked
+        if calibration is not None:
+            fd, tmp8_name = temporary_beside(out, suffix=".int8.onnx")
+            os.close(fd)
+            tmp8 = Path(tmp8_name)
+            try:
+                meta = {**meta, "quantization": f"int8 static, {len(calibration)} calibration images"}
+                with _quiet_exporter():
+                    quantize_int8(tmp, tmp8, calibration, card=card, input_kind=input_kind, metadata=meta)
+                quantized = time.perf_counter()
+                int8 = check_int8(
+                    tmp8, reference, calibration, card=card, input_kind=input_kind, output_kind=output_kind
+                )
+                if not int8.passed:
+                    raise ExportError(
+                        f"{out}: the int8 file does not compute what the model computes: "
+                        f"{'; '.join(int8.problems())}; nothing was written"
+                    )
+                os.replace(tmp8, tmp)
+            finally:
+                tmp8.unlink(missing_ok=True)
         size = tmp.stat().st_size
         os.replace(tmp, out)
     except BaseException:
@@ -607,4 +832,6 @@ def export_model(
         check=check,
         export_seconds=exported - started,
         check_seconds=checked - exported,
+        int8=int8,
+        quantize_seconds=quantized - checked,
     )

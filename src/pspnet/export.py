@@ -496,7 +496,7 @@ class ExportReport:
 
 # The int8 file's guarantee, checked on its calibration images (see Int8Check): labels equal to eager's on at least
 # 99% of the pixels that eager decides clearly, those whose two best logits are at least 10% of the largest logit
-# apart. Quantisation moves logits by a few percent of the largest (4-8% measured for random-weight PSPNet18 and 50),
+# apart. Quantisation moves logits by a few per cent of the largest (at most 7-10% measured, random-weight PSPNet18),
 # so it may flip a near-tie but never a clear decision unless the quantised graph is broken.
 INT8_MIN_LABEL_AGREEMENT = 0.99
 INT8_DECIDED_MARGIN = 0.1

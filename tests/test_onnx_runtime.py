@@ -141,6 +141,19 @@ def test_a_file_that_is_not_onnx_is_named(tmp_path):
         Segmenter.from_checkpoint(path)
 
 
+def test_an_onnx_file_without_pspnet_metadata_is_named(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = tmp_path / "plain.onnx"
+    value = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "plain", [value], [logits])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(CheckpointError, match=r"plain\.onnx: not a pspnet export \(no pspnet metadata\)"):
+        Segmenter.from_checkpoint(path)
+
+
 def _outputs(folder: Path) -> dict[str, Path]:
     return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -204,6 +217,19 @@ def test_int8_export_keeps_the_card_says_it_is_quantised_and_runs_in_the_segment
     assert seg.backend == "onnxruntime" and "int8 static" in seg.precision_reason
     labels = seg.predict_batch(images)
     assert [a.shape for a in labels] == [(SIZE[1], SIZE[0])] * 3
+
+
+def test_int8_of_a_uint8_input_proba_file_is_checked_on_its_logits(files, images, tmp_path):
+    from pspnet import export
+
+    _, _, model = files
+    calibration = export.calibration_images(images[0].parent, CROP)
+    report = export_model(model, tmp_path / "p.onnx", output_kind="proba", calibration=calibration)
+    check = report.int8
+    assert check is not None and check.passed and (check.images, check.pixels) == (3, 3 * CROP[0] * CROP[1])
+    assert check.logit_rdiff is not None and check.logit_rdiff > 0  # the logits, read from before the Softmax
+    assert read_metadata(report.path).input_kind == "uint8-rgb"
+    assert report.metadata["quantization"] == "int8 static, 3 calibration images"
 
 
 def test_an_int8_file_that_fails_its_check_is_not_written(files, images, tmp_path, monkeypatch):

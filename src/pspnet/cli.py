@@ -736,8 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = commands.add_parser(
         "predict",
-        help="segment images, folders, globs and videos with a model file",
-        description="Segment images and videos with a model file (or a training run directory). INPUTs are files, "
+        help="segment images, folders, globs and videos with a model file (or an .onnx file on ONNX Runtime)",
+        description="Segment images and videos with a model file (or a training run directory, or an .onnx file run "
+        "by ONNX Runtime: see CHECKPOINT). INPUTs are files, "
         "folders (searched recursively), globs (quote them: expanded here, '**' included) and videos (.mp4 .avi "
         ".mov). Under --out, outputs mirror each input's path relative to its folder or glob base: NAME.png (palette "
         "PNG of class ids), NAME_color.png, with --overlay NAME_overlay.png (blend and legend), with --save-proba "

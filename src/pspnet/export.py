@@ -538,7 +538,7 @@ class Int8Check:
 
     Why these images and this rule: a quantised graph is only accurate on inputs whose activations lie in the ranges
     its calibration recorded, so random noise images (the float32 check's) say nothing about it; the calibration
-    images are real images at the protocol's size. And with random or weakly trained weights most pixels are
+    images are real images at the protocol's size. And with random or weakly trained weights many pixels are
     near-ties between classes that the few-per-cent noise of int8 flips at random (about 7% of the pixels of a
     random-weight PSPNet18), so all-pixel agreement measures the weights, not the quantisation; clear decisions
     must survive it on any model."""

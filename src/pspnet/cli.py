@@ -116,6 +116,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         train_size=tuple(args.train_size),
         train_batch=args.train_batch,
+        train_channels_last=args.train_channels_last,
+        train_compile=args.train_compile,
         what=args.what or WHAT,
         repeat=args.repeat,
         name=name,
@@ -563,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size of the training step, and the augmentation's crop (default: 473 473)",
     )
     bench.add_argument("--train-batch", type=positive_int, default=2, help="batch of the training step (default: 2)")
+    bench.add_argument(
+        "--train-channels-last", action="store_true", help="the training step in channels_last (config channels_last)"
+    )
+    bench.add_argument(
+        "--train-compile",
+        action="store_true",
+        help="the training step's forward through torch.compile (config compile)",
+    )
     bench.add_argument(
         "--what",
         type=_what,

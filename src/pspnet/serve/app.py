@@ -198,6 +198,9 @@ def create_app(segmenter: Segmenter, config: ServeConfig | None = None) -> Starl
     def variant(settings: InferenceSettings) -> Segmenter:
         """The segmenter with a request's settings: a shallow copy sharing the model (made on the worker thread)."""
         if settings not in variants:
+            if len(variants) >= 64:  # distinct query options are unbounded; the copies are cheap to make again
+                variants.clear()
+                variants[base] = segmenter
             other = copy.copy(segmenter)
             other.settings = settings
             variants[settings] = other

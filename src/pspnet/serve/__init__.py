@@ -20,7 +20,7 @@ __all__ = ["SERVE_PACKAGES", "require_serve"]
 SERVE_PACKAGES = {
     "starlette": "starlette",
     "uvicorn": "uvicorn",
-    "multipart": "python-multipart",
+    "python_multipart": "python-multipart",
     "prometheus_client": "prometheus_client",
 }
 

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("training and evaluation", {"engine"}),
     ("run directories, deployed files", {"runs", "onnx_model"}),
     ("front doors", {"segmenter", "introspect"}),
-    ("applications", {"predict", "demo", "bench", "export"}),
+    ("applications", {"predict", "demo", "bench", "export", "serve"}),
     ("command line and package", {"cli", "__init__"}),
 ]
 

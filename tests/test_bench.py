@@ -130,6 +130,18 @@ def test_the_training_step_runs_train_step_in_its_own_process(report):
     assert memory["peak_bytes"] >= memory["before_bytes"] > 0 and memory["step_bytes"] >= 0
 
 
+def test_the_training_step_in_channels_last_computes_the_same_loss():
+    """--train-channels-last runs the step with the model and images in channels_last: the first loss (before any
+    update) is the same network's on the same batch, equal to float32 rounding of the network's depth."""
+    config = _tiny_model().config
+    plain = time_train_steps(config, torch.device("cpu"), precision="fp32", size=SIZE, batch=2, steps=1)
+    last = time_train_steps(
+        config, torch.device("cpu"), precision="fp32", size=SIZE, batch=2, steps=1, channels_last=True
+    )
+    assert (plain["channels_last"], last["channels_last"]) == (False, True)
+    assert last["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-5)
+
+
 def test_a_failure_in_the_training_process_is_raised_here():
     with pytest.raises(RuntimeError, match="failed in its process: ValueError: steps must be positive, got 0"):
         measure_train(_tiny_model().config, torch.device("cpu"), precision="fp32", size=SIZE, batch=1, repeat=0)

@@ -414,6 +414,8 @@ def time_train_steps(
     batch: int,
     steps: int,
     threads: int | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """``steps`` + 1 optimiser steps of :func:`pspnet.engine.train.train_step` in this process, on a model of
@@ -424,7 +426,9 @@ def time_train_steps(
     ``torch.cuda.max_memory_allocated`` (``kind`` "cuda allocated"), else the peak resident set size of this process
     (``kind`` "peak RSS"); ``before_bytes`` is the same measure just before the first step (the model, optimiser and
     batch in place), ``step_bytes`` the difference: what the steps add (activations, gradients, momentum). The batch
-    stays on the CPU and goes to the device in every step, as a data loader's does."""
+    stays on the CPU and goes to the device in every step, as a data loader's does. ``channels_last`` and
+    ``compile`` are the training config's options of the same names (the model and images in channels_last; the
+    forward through ``torch.compile``, whose compilation falls in the warm-up step)."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     if threads is not None:
@@ -434,6 +438,9 @@ def time_train_steps(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(
         param_groups(model, lr=TRAIN_LR, head_lr_mult=TRAIN_HEAD_LR_MULT),
         lr=TRAIN_LR,
@@ -441,7 +448,9 @@ def time_train_steps(
         weight_decay=TRAIN_WEIGHT_DECAY,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
-    settings = StepSettings(autocast_dtype=PRECISIONS[precision], align_corners=config.align_corners)
+    settings = StepSettings(
+        autocast_dtype=PRECISIONS[precision], channels_last=channels_last, align_corners=config.align_corners
+    )
     generator = torch.Generator().manual_seed(0)
     micro_batch = {
         "image": torch.randint(0, 256, (batch, 3, height, width), generator=generator, dtype=torch.uint8),
@@ -457,7 +466,7 @@ def time_train_steps(
         progress(f"train: step {step + 1} of {steps + 1}" + (" (warm-up)" if step == 0 else ""))
         _synchronize(device)
         start = time.perf_counter()
-        losses.append(train_step(model, optimizer, scaler, [micro_batch], settings))
+        losses.append(train_step(model, optimizer, scaler, [micro_batch], settings, forward=forward))
         _synchronize(device)
         if step:
             seconds.append(time.perf_counter() - start)
@@ -468,6 +477,8 @@ def time_train_steps(
     return {
         "pid": os.getpid(),
         "threads": torch.get_num_threads(),
+        "channels_last": channels_last,
+        "compile": compile,
         "steps": seconds,
         "seconds": min(seconds),
         "losses": losses,
@@ -509,9 +520,12 @@ def measure_train(
     size: tuple[int, int] = (473, 473),
     batch: int = 2,
     repeat: int = 3,
+    channels_last: bool = False,
+    compile: bool = False,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
-    """:func:`time_train_steps` (one warm-up step, then ``repeat``) in a process of its own (multiprocessing's
+    """:func:`time_train_steps` (one warm-up step, then ``repeat``; ``channels_last`` and ``compile`` as there) in a
+    process of its own (multiprocessing's
     ``spawn``: a fresh interpreter, so its peak memory is the step's alone), with this process's thread count;
     plus the FLOPs of a step (3 x the training-mode forward of the batch: the backward costs about twice the
     forward), GFLOP/s and images per second. A failure in that process is a ``RuntimeError`` giving its error."""
@@ -524,6 +538,8 @@ def measure_train(
         "size": tuple(size),
         "batch": batch,
         "steps": repeat,
+        "channels_last": channels_last,
+        "compile": compile,
         "threads": torch.get_num_threads(),
         "progress": progress is not _quiet,
         "heap_kept": heap.kept(),
@@ -693,6 +709,8 @@ def run_bench(
     batch: int = 1,
     train_size: tuple[int, int] = (473, 473),
     train_batch: int = 2,
+    train_channels_last: bool = False,
+    train_compile: bool = False,
     what: str | Sequence[str] = WHAT,
     repeat: int = 3,
     ceiling_shapes: Sequence[tuple[int, int, int, int]] | None = None,
@@ -709,7 +727,8 @@ def run_bench(
     ``model`` is moved to ``device`` and put in eval mode. ``precision`` "auto" picks bf16 where the device computes
     it natively, else fp32 (:func:`bench_precision`; fp16 only on CUDA). ``size`` (H, W) and ``batch`` are the
     forward's, and ``size`` the protocol's photo and the data pipeline's images; ``train_size`` and
-    ``train_batch`` the train step's (``train_size`` is also the augmentation's crop). ``ceiling_shapes`` default to
+    ``train_batch`` the train step's (``train_size`` is also the augmentation's crop), which runs in channels_last
+    and through ``torch.compile`` with ``train_channels_last`` and ``train_compile``. ``ceiling_shapes`` default to
     :data:`CEILING_SHAPES`; ``crop_size`` and ``base_size`` of the protocol to the model card's. ``progress`` gets a
     line before each long step. Raises ``ValueError`` naming the argument for a bad value."""
     device = torch.device(device)
@@ -743,6 +762,8 @@ def run_bench(
             "batch": batch,
             "train_size": list(train_size),
             "train_batch": train_batch,
+            "train_channels_last": train_channels_last,
+            "train_compile": train_compile,
             "repeat": repeat,
         },
     }
@@ -757,7 +778,15 @@ def run_bench(
         )
     if "train" in items:
         report["train"] = measure_train(
-            model.config, device, precision=chosen, size=train_size, batch=train_batch, repeat=repeat, progress=say
+            model.config,
+            device,
+            precision=chosen,
+            size=train_size,
+            batch=train_batch,
+            repeat=repeat,
+            channels_last=train_channels_last,
+            compile=train_compile,
+            progress=say,
         )
     if "protocol" in items:
         report["protocol"] = measure_protocol(
@@ -858,9 +887,15 @@ def _forward_lines(forward: dict[str, Any]) -> list[str]:
 def _train_lines(train: dict[str, Any]) -> list[str]:
     memory = train["memory"]
     autocast = f"autocast {train['autocast']}" if train["autocast"] else "no autocast"
+    options = "".join(
+        f", {name}"
+        for name, on in (("channels_last", train["channels_last"]), ("torch.compile", train["compile"]))
+        if on
+    )
     title = (
         f"train: pspnet.engine.train.train_step, batch {train['batch']} at {train['height']}x{train['width']}, "
-        f"{train['precision']} ({autocast}), SGD, in its own process (pid {train['pid']}, {train['threads']} threads)"
+        f"{train['precision']} ({autocast}{options}), SGD, in its own process (pid {train['pid']}, "
+        f"{train['threads']} threads)"
     )
     speed = (
         f"  {train['seconds']:.3f} s per step ({len(train['steps'])} timed after 1 warm-up), "

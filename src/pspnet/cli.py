@@ -1,5 +1,5 @@
-"""The ``pspnet`` command line: ``demo``, ``train``, ``eval``, ``predict``, ``convert``, ``export``, ``info``, ``bench``
-and ``data``.
+"""The ``pspnet`` command line: ``demo``, ``train``, ``eval``, ``predict``, ``convert``, ``export``, ``serve``,
+``info``, ``bench`` and ``data``.
 
 Exit status: 0 on success, 1 when the command ran but failed (bad checkpoint, failed conversion, bad input
 files), 2 on usage errors (argparse's convention), 130 / 143 when SIGINT / SIGTERM stopped it (training saves its
@@ -116,6 +116,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         train_size=tuple(args.train_size),
         train_batch=args.train_batch,
+        train_channels_last=args.train_channels_last,
+        train_compile=args.train_compile,
         what=args.what or WHAT,
         repeat=args.repeat,
         name=name,
@@ -171,6 +173,30 @@ def _size_line(check: SizeCheck) -> str:
         parts.append(f"largest probability difference {check.proba_diff:.2e} (allowed {check.proba_tolerance:.2e})")
     parts.append(f"labels equal on {100 * check.label_agreement:.4f}% of {check.pixels:,} pixels")
     return f"  {f'{check.batch} x {check.height}x{check.width}':<14}" + ", ".join(parts)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import require_serve
+
+    require_serve()  # before the model is loaded: says how to install the 'serve' extra
+    from .runs import resolve_model_path
+    from .segmenter import Segmenter
+    from .serve.app import ServeConfig, run_server
+
+    config = ServeConfig(max_bytes=args.max_bytes, batch=args.batch, queue=args.queue, timeout=args.timeout)
+    source = resolve_model_path(args.model)
+    segmenter = Segmenter.from_checkpoint(
+        source, device=args.device, precision=args.precision, max_batch=args.batch, max_pixels=args.max_pixels
+    )
+    print(
+        f"serving {source} ({segmenter.num_classes} classes, {segmenter.settings.precision}: "
+        f"{segmenter.precision_reason}) on http://{args.host}:{args.port}/ (page), /v1/segment, /v1/model, "
+        f"/healthz, /metrics; batch {args.batch}, queue {args.queue}, timeout {args.timeout:g} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    run_server(segmenter, config, host=args.host, port=args.port)
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -602,6 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--train-batch", type=positive_int, default=2, help="batch of the training step (default: 2)")
     bench.add_argument(
+        "--train-channels-last", action="store_true", help="the training step in channels_last (config channels_last)"
+    )
+    bench.add_argument(
+        "--train-compile",
+        action="store_true",
+        help="the training step's forward through torch.compile (config compile)",
+    )
+    bench.add_argument(
         "--what",
         type=_what,
         metavar="LIST",
@@ -800,6 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_predict)
 
     _add_export_command(commands)
+    _add_serve_command(commands)
     add_data_commands(commands)
     _add_debug_flag(parser, top=True)
     return parser
@@ -879,6 +914,56 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     )
     ex.add_argument("--force", action="store_true", help="replace FILE if it exists")
     ex.set_defaults(func=_cmd_export)
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    se = commands.add_parser(
+        "serve",
+        help="serve a model over HTTP: a JSON/PNG API, Prometheus metrics and a page to try it",
+        description="Serve a model file (or a training run directory) over HTTP with Starlette and uvicorn (the "
+        "'serve' extra: pip install 'pspnet[serve]'). The model is loaded once; one worker thread runs every "
+        "forward pass, taking images from one bounded queue and batching those of equal size. POST /v1/segment "
+        "takes an image (multipart field 'image' or the raw body) and answers a palette PNG of class ids at the "
+        "image's size, or with ?format=json the classes present with their pixel shares and the mask as base64 "
+        "PNG, or with ?format=overlay a JPEG overlay (&alpha=0.5); &mode=auto|whole|slide, &scales=1,1.5 and "
+        "&flip=true change the test protocol per request. GET /v1/model: classes, palette, normalisation, "
+        "architecture; GET /healthz; GET /metrics (Prometheus text); GET /: a page to try it. Answers 413 above "
+        "--max-bytes or --max-pixels, 415 for what is not an image, 422 for bad parameters, 503 with Retry-After "
+        "when the queue is full or a request waited --timeout seconds. SIGTERM or Ctrl-C: stop accepting, finish "
+        "the queued images, exit.",
+    )
+    se.add_argument("model", metavar="MODEL", help="model file (.safetensors) or training run directory")
+    se.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    se.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    se.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        default=20 * 2**20,
+        metavar="N",
+        help="largest request body in bytes (default: 20971520 = 20 MiB)",
+    )
+    se.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help=_MAX_PIXELS_HELP)
+    se.add_argument(
+        "--batch", type=positive_int, default=4, help="most images of one size per forward pass (default: 4)"
+    )
+    se.add_argument("--queue", type=positive_int, default=64, help="most images waiting (default: 64); then 503")
+    se.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="seconds a request waits for its answer before a 503; its queue slot is freed (default: 30)",
+    )
+    se.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="inference precision; auto (the default): bf16 where the device computes it natively, else fp32",
+    )
+    se.add_argument(
+        "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
+    )
+    se.set_defaults(func=_cmd_serve)
 
 
 def _add_debug_flag(parser: argparse.ArgumentParser, *, top: bool) -> None:

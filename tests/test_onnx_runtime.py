@@ -265,3 +265,21 @@ def test_calibration_needs_images(tmp_path):
 
     with pytest.raises(ExportError, match=r"^calib .*: no images"):
         calibration_images(tmp_path, CROP)
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")  # httpx still works (test_serve.py)
+def test_pspnet_serve_answers_with_an_onnx_file(files, images):
+    """serve holds whatever Segmenter.from_checkpoint loads, so an .onnx file is served like a model file."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the 'test' extra)")
+    from starlette.testclient import TestClient
+
+    from pspnet.serve.app import create_app
+
+    model_file, onnx_file, _ = files
+    expected = Segmenter.from_checkpoint(model_file, device="cpu", precision="fp32").predict(images[0])
+    with TestClient(create_app(Segmenter.from_checkpoint(onnx_file))) as client:
+        answer = client.post("/v1/segment", content=images[0].read_bytes())
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    labels = np.asarray(Image.open(io.BytesIO(answer.content)))
+    assert labels.shape == expected.shape and (labels == expected).mean() >= 0.9999

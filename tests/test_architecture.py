@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("inference", {"inference"}),
     ("model files", {"weights"}),
     ("training and evaluation", {"engine"}),
-    ("run directories", {"runs"}),
+    ("run directories, deployed files", {"runs", "onnx_model"}),
     ("front doors", {"segmenter", "introspect"}),
     ("applications", {"predict", "demo", "bench", "export", "serve"}),
     ("command line and package", {"cli", "__init__"}),

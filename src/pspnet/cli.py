@@ -200,8 +200,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import INPUT_KINDS, LOGIT_RTOL, MIN_LABEL_AGREEMENT, OUTPUT_KINDS, SUFFIXES, export_model, require_onnx
+    from .export import (
+        INPUT_KINDS,
+        INT8_DECIDED_MARGIN,
+        INT8_MIN_LABEL_AGREEMENT,
+        LOGIT_RTOL,
+        MIN_LABEL_AGREEMENT,
+        OUTPUT_KINDS,
+        SUFFIXES,
+        calibration_images,
+        export_model,
+        require_onnx,
+    )
     from .runs import load_model, resolve_model_path
+    from .weights import make_card
 
     out = Path(args.out)
     suffix = SUFFIXES[args.format]
@@ -217,11 +229,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.opset is not None and args.format != "onnx":
         print(f"error: --opset is an ONNX setting; --format {args.format} has none", file=sys.stderr)
         return 2
+    if args.int8 and args.format != "onnx":
+        print(f"error: --int8 quantises ONNX files; --format {args.format} has no int8", file=sys.stderr)
+        return 2
+    if args.int8 != (args.calib is not None):
+        print("error: --int8 and --calib DIR go together: int8 is calibrated on images of DIR", file=sys.stderr)
+        return 2
     if args.format == "onnx":
         require_onnx()  # before the model is loaded: says how to install the 'onnx' extra
     source = resolve_model_path(args.model)
     model = load_model(source)
     static = tuple(args.static) if args.static else None
+    calibration = None
+    if args.int8:  # at the size the file will see: --static's, else the crop of sliding windows
+        card = model.card if model.card is not None else make_card(model.config)
+        calibration = calibration_images(args.calib, static or card.crop_size)
     print(f"exporting {source} to {out} ({args.format}) and checking it...", file=sys.stderr, flush=True)
     report = export_model(
         model,
@@ -231,6 +253,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         output_kind=args.output,
         static_size=static,
         opset=args.opset,
+        calibration=calibration,
     )
     meta, check = report.metadata, report.check
     opset = f", opset {report.opset}" if report.opset is not None else ""
@@ -255,6 +278,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"passed: logits within {LOGIT_RTOL:.0e} of the largest logit, labels equal on at least "
         f"{100 * MIN_LABEL_AGREEMENT:g}% of the pixels"
     )
+    int8 = report.int8
+    if int8 is not None:
+        print(
+            f"quantised to int8 in {report.quantize_seconds:.1f} s ({meta['quantization']} from {args.calib}, "
+            f"resized to {calibration.shape[1]}x{calibration.shape[2]}); checked on those images against eager:"
+        )
+        if int8.logit_rdiff is not None:
+            print(f"  largest logit difference {int8.logit_rdiff:.2e} of the largest logit")
+        print(f"  labels equal on {100 * int8.label_agreement:.2f}% of {int8.pixels:,} pixels")
+        decided = "none" if int8.decided_agreement is None else f"{100 * int8.decided_agreement:.2f}%"
+        print(
+            f"  labels equal on {decided} of the {int8.decided_pixels:,} clearly decided pixels (two best logits "
+            f"{100 * INT8_DECIDED_MARGIN:g}% of the largest apart; at least {100 * INT8_MIN_LABEL_AGREEMENT:g}% "
+            "needed)"
+        )
     return 0
 
 
@@ -484,7 +522,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             return 2
     s = segmenter.settings
     print(
-        f"predicting with {args.checkpoint} on {segmenter.device}: {segmenter.num_classes} classes, mode {s.mode}, "
+        f"predicting with {args.checkpoint} on {segmenter.device} ({segmenter.backend}): {segmenter.num_classes} classes, mode {s.mode}, "
         f"crop {s.crop_size[0]}x{s.crop_size[1]}, base size {s.base_size or 'native'}, scales {list(s.scales)}, "
         f"flip {s.flip}, {s.precision} ({segmenter.precision_reason}), batch {args.batch}",
         file=sys.stderr,
@@ -732,8 +770,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = commands.add_parser(
         "predict",
-        help="segment images, folders, globs and videos with a model file",
-        description="Segment images and videos with a model file (or a training run directory). INPUTs are files, "
+        help="segment images, folders, globs and videos with a model file (or an .onnx file on ONNX Runtime)",
+        description="Segment images and videos with a model file (or a training run directory, or an .onnx file run "
+        "by ONNX Runtime: see CHECKPOINT). INPUTs are files, "
         "folders (searched recursively), globs (quote them: expanded here, '**' included) and videos (.mp4 .avi "
         ".mov). Under --out, outputs mirror each input's path relative to its folder or glob base: NAME.png (palette "
         "PNG of class ids), NAME_color.png, with --overlay NAME_overlay.png (blend and legend), with --save-proba "
@@ -748,7 +787,13 @@ def build_parser() -> argparse.ArgumentParser:
         "still predicted and predictions.csv is always written; the exit status is 0 only when every input "
         "succeeded.",
     )
-    pr.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.safetensors) or training run directory")
+    pr.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="model file (.safetensors), training run directory, or an ONNX file (.onnx, run by ONNX Runtime on the "
+        "CPU in fp32, its classes and colours from its metadata) exported with 'pspnet export MODEL --out FILE.onnx "
+        "--input normalized --output logits' (--int8 too)",
+    )
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video file, folder, or glob pattern")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png: blend with a legend")
@@ -775,10 +820,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRECISION_CHOICES,
         default="auto",
         help="inference precision; auto (the default): bf16 where the device computes it natively (CUDA, CPUs with "
-        "AVX512_BF16 or AMX), else fp32; bf16 elsewhere is emulated and slow (a warning says so)",
+        "AVX512_BF16 or AMX), else fp32; bf16 elsewhere is emulated and slow (a warning says so); an .onnx file "
+        "runs in fp32 only",
     )
     pr.add_argument(
-        "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
+        "--device",
+        type=_device,
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...; an .onnx file runs on the CPU",
     )
     pr.add_argument("--batch", type=positive_int, default=4, help="images of one size per forward pass (default: 4)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -792,7 +841,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_command(commands: argparse._SubParsersAction) -> None:
-    from .export import CHECK_SIZES, FORMATS, INPUT_KINDS, OUTPUT_KINDS, SUFFIXES
+    from .export import (
+        CHECK_SIZES,
+        FORMATS,
+        INPUT_KINDS,
+        INT8_DECIDED_MARGIN,
+        INT8_MIN_LABEL_AGREEMENT,
+        MAX_CALIBRATION_IMAGES,
+        OUTPUT_KINDS,
+        SUFFIXES,
+    )
 
     sizes = " and ".join(f"{b} x {h}x{w}" for b, h, w in CHECK_SIZES)
     ex = commands.add_parser(
@@ -839,6 +897,20 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
         type=positive_int,
         metavar=("H", "W"),
         help="fix the input's height and width (the batch stays dynamic); the check runs at that size only",
+    )
+    ex.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX: quantise the checked float32 graph to int8 for CPUs (ONNX Runtime's static quantiser: QDQ, "
+        "int8 weights per output channel, uint8 activations) calibrated on --calib; it is checked on those "
+        f"images: labels equal to eager's on at least {100 * INT8_MIN_LABEL_AGREEMENT:g}%% of the pixels whose two "
+        f"best logits are {100 * INT8_DECIDED_MARGIN:g}%% of the largest apart (docs/deploy.md)",
+    )
+    ex.add_argument(
+        "--calib",
+        metavar="DIR",
+        help=f"with --int8: a folder of images (the first {MAX_CALIBRATION_IMAGES} by name, resized to the model's "
+        "crop) to calibrate the activation ranges with; take images like those the model will see",
     )
     ex.add_argument("--force", action="store_true", help="replace FILE if it exists")
     ex.set_defaults(func=_cmd_export)

@@ -43,19 +43,31 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import temporary_beside
-from .constants import __version__
 from .errors import ExportError
 from .inference import normalize
 from .models.card import ModelCard
 from .models.pspnet import PSPNet
 from .segmenter import prepare_for_inference
+from .weights.exported import (
+    FORMATS,
+    INPUT_KINDS,
+    METADATA_FILE,
+    OUTPUT_KINDS,
+    SUFFIXES,
+    ExportedMetadata,
+    export_metadata,
+    parse_metadata,
+)
 from .weights.model_file import make_card
 
 __all__ = [
     "CHECK_SIZES",
     "FORMATS",
     "INPUT_KINDS",
+    "INT8_DECIDED_MARGIN",
+    "INT8_MIN_LABEL_AGREEMENT",
     "LOGIT_RTOL",
+    "MAX_CALIBRATION_IMAGES",
     "METADATA_FILE",
     "MIN_LABEL_AGREEMENT",
     "OUTPUT_KINDS",
@@ -64,32 +76,18 @@ __all__ = [
     "DeployedForward",
     "ExportReport",
     "ExportedMetadata",
+    "Int8Check",
     "SizeCheck",
+    "calibration_images",
     "check_export",
+    "check_int8",
     "export_metadata",
     "export_model",
+    "quantize_int8",
     "read_metadata",
     "require_onnx",
 ]
 
-# The formats, each with the runtimes that serve it (shown by 'pspnet export --help').
-FORMATS: dict[str, str] = {
-    "onnx": "ONNX Runtime (CPU, CUDA, TensorRT, DirectML, CoreML execution providers; also onnxruntime-web), "
-    "OpenVINO, TensorRT and other ONNX runtimes; no Python or PyTorch needed",
-    "torchscript": "LibTorch (C++) and torch.jit.load in Python, without the pspnet package (torch 2.13 "
-    "warns that torch.jit is deprecated: prefer exported-program)",
-    "exported-program": "torch.export.load in Python, and the input of AOTInductor and ExecuTorch lowering",
-}
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
-INPUT_KINDS: dict[str, str] = {
-    "uint8-rgb": "uint8 RGB images (N, H, W, 3) in 0-255, normalised inside the graph with the card's mean and std",
-    "normalized": "float32 images (N, 3, H, W), already normalised: (RGB - mean) / std",
-}
-OUTPUT_KINDS: dict[str, str] = {
-    "logits": "float32 logits (N, K, H, W)",
-    "proba": "float32 class probabilities (N, K, H, W), the softmax over the K classes",
-    "labels": "int64 class ids (N, H, W), the argmax over the classes",
-}
 # (batch, height, width) of the check: the 1/8 feature maps (13x10, 16x9) are divisible by none of the bins 2, 3, 6.
 CHECK_SIZES: tuple[tuple[int, int, int], ...] = ((1, 97, 75), (2, 121, 67))
 # The product guarantee of an fp32 export: logits within 1e-4 of the largest logit, labels equal on 99.99% of pixels.
@@ -98,9 +96,6 @@ MIN_LABEL_AGREEMENT = 0.9999
 # The example batch of the export (2: a batch of 1 would make torch.export specialise the batch dimension to 1) and
 # the example size of a dynamic export (height != width, so that the two stay separate symbols).
 _EXAMPLE = (2, 72, 88)
-METADATA_FILE = "pspnet_metadata.json"  # the extra file of a TorchScript or ExportedProgram archive
-# Metadata entries stored as plain text; every other entry is JSON.
-_TEXT_KEYS = ("pspnet_version", "dataset", "format", "input", "output", "exported_by")
 _ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 
 
@@ -158,103 +153,6 @@ class DeployedForward(nn.Module):
         return logits
 
 
-# -- metadata --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExportedMetadata:
-    """What an exported file says about itself: the model ``card``, its ``format``, ``input_kind`` and
-    ``output_kind`` (keys of :data:`INPUT_KINDS` / :data:`OUTPUT_KINDS`), ``input_shape`` and ``output_shape``
-    (each side an integer, or the name of a dynamic one: ``batch``, ``height``, ``width``), ``min_size``
-    ([height, width], the smallest input a dynamic export accepts; None for a static one) and ``exported_by``."""
-
-    card: ModelCard
-    format: str
-    input_kind: str
-    output_kind: str
-    input_shape: tuple[int | str, ...]
-    output_shape: tuple[int | str, ...]
-    min_size: tuple[int, int] | None
-    exported_by: str
-
-
-def _shapes(
-    input_kind: str, output_kind: str, classes: int, static_size: tuple[int, int] | None
-) -> tuple[list[int | str], list[int | str]]:
-    height, width = static_size if static_size is not None else ("height", "width")
-    image: list[int | str] = ["batch", height, width, 3] if input_kind == "uint8-rgb" else ["batch", 3, height, width]
-    out: list[int | str] = ["batch", height, width] if output_kind == "labels" else ["batch", classes, height, width]
-    return image, out
-
-
-def export_metadata(
-    card: ModelCard,
-    *,
-    format: str,
-    input_kind: str,
-    output_kind: str,
-    static_size: tuple[int, int] | None = None,
-    min_size: tuple[int, int] | None = None,
-) -> dict[str, str]:
-    """The string entries an exported file carries (an ONNX file's ``metadata_props``).
-
-    The model card's entries under the keys of a model file (``model``, ``classes``, ``palette``,
-    ``ignore_index``, ``normalization``, ``inference``, ``source``, ``pspnet_version``, and ``dataset`` when it has
-    one), then ``format``, ``input`` and ``output`` (the kinds), ``input_shape`` and ``output_shape`` (lists of
-    sizes and dynamic side names), ``min_size`` and ``exported_by`` (pspnet's and torch's versions). Values are JSON
-    (``json.loads`` them), except the plain-text ``pspnet_version``, ``dataset``, ``format``, ``input``,
-    ``output`` and ``exported_by``.
-    """
-    image, out = _shapes(input_kind, output_kind, card.num_classes, static_size)
-    entries: dict[str, Any] = {
-        **card.to_dict(),
-        "format": format,
-        "input": input_kind,
-        "output": output_kind,
-        "input_shape": image,
-        "output_shape": out,
-        "min_size": None if min_size is None else list(min_size),
-        "exported_by": f"pspnet {__version__}, torch {torch.__version__}",
-    }
-    if entries["dataset"] is None:
-        del entries["dataset"]
-    return {key: value if key in _TEXT_KEYS else json.dumps(value) for key, value in entries.items()}
-
-
-def _parse_metadata(props: Mapping[str, str], where: Any) -> ExportedMetadata:
-    """:class:`ExportedMetadata` from the entries :func:`export_metadata` writes; the card by its one parser.
-    A missing or malformed entry is an ExportError naming ``where``."""
-    export_keys = ("format", "input", "output", "input_shape", "output_shape", "min_size", "exported_by")
-    missing = [key for key in export_keys if key not in props]
-    if missing:
-        raise ExportError(f"{where}: not a pspnet export (no metadata {', '.join(missing)})")
-    values: dict[str, Any] = {}
-    for key, text in props.items():
-        if key in _TEXT_KEYS:
-            values[key] = text
-            continue
-        try:
-            values[key] = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ExportError(f"{where}: metadata {key} is not JSON ({error.msg})") from None
-    values.setdefault("dataset", None)
-    card = ModelCard.from_dict({key: values[key] for key in values if key not in export_keys}, where)
-    for key, allowed in (("format", FORMATS), ("input", INPUT_KINDS), ("output", OUTPUT_KINDS)):
-        if values[key] not in allowed:
-            raise ExportError(f"{where}: metadata {key} must be one of {', '.join(allowed)}, got {values[key]!r}")
-    min_size = values["min_size"]
-    return ExportedMetadata(
-        card=card,
-        format=values["format"],
-        input_kind=values["input"],
-        output_kind=values["output"],
-        input_shape=tuple(values["input_shape"]),
-        output_shape=tuple(values["output_shape"]),
-        min_size=None if min_size is None else (int(min_size[0]), int(min_size[1])),
-        exported_by=values["exported_by"],
-    )
-
-
 def _format_of(path: Path) -> str:
     for name, suffix in SUFFIXES.items():
         if path.suffix == suffix:
@@ -280,7 +178,7 @@ def read_metadata(path: str | os.PathLike[str], *, format: str | None = None) ->
             else:
                 torch.export.load(str(path), extra_files=extra)
         props = json.loads(extra[METADATA_FILE] or "{}")
-    return _parse_metadata(props, path)
+    return parse_metadata(props, path)
 
 
 # -- the check -------------------------------------------------------------------------------------------------
@@ -578,7 +476,9 @@ def _quiet_exporter() -> Iterator[None]:
 @dataclass(frozen=True)
 class ExportReport:
     """What :func:`export_model` did: the ``path`` written, its ``format``, ``opset`` (ONNX), its ``metadata``
-    entries, its size in ``bytes``, the ``check`` that passed, and the seconds spent exporting and checking."""
+    entries, its size in ``bytes``, the ``check`` that passed, and the seconds spent exporting and checking; for an
+    int8 file the ``int8`` check of the quantised graph (the float32 ``check`` is of the graph it was made from) and
+    the seconds spent quantising."""
 
     path: Path
     format: str
@@ -588,6 +488,192 @@ class ExportReport:
     check: CheckReport
     export_seconds: float
     check_seconds: float
+    int8: Int8Check | None = None
+    quantize_seconds: float = 0.0
+
+
+# -- int8 -----------------------------------------------------------------------------------------------------
+
+# The int8 file's guarantee, checked on its calibration images (see Int8Check): labels equal to eager's on at least
+# 99% of the pixels that eager decides clearly, those whose two best logits are at least 10% of the largest logit
+# apart. Quantisation moves logits by a few per cent of the largest (at most 7-10% measured, random-weight PSPNet18),
+# so it may flip a near-tie but never a clear decision unless the quantised graph is broken.
+INT8_MIN_LABEL_AGREEMENT = 0.99
+INT8_DECIDED_MARGIN = 0.1
+MAX_CALIBRATION_IMAGES = 16  # ONNX Runtime's MinMax calibration needs a few images, and runs each one in fp32
+_QUANTIZED_OPS = ("Conv",)  # the convolutions hold all but a few per cent of the work; the rest stays float32
+
+
+def calibration_images(
+    folder: str | os.PathLike[str], crop_size: tuple[int, int], *, limit: int = MAX_CALIBRATION_IMAGES
+) -> np.ndarray:
+    """The first ``limit`` images of ``folder`` (by name; files with an image suffix, subfolders not searched) as
+    ``(N, height, width, 3)`` uint8 RGB, each resized (bilinear) to ``crop_size`` (height, width): the size the
+    protocol feeds the network, so the activation ranges the quantiser records are the deployment's. A folder
+    without images is an :class:`~pspnet.errors.ExportError` naming ``calib``."""
+    from PIL import Image
+
+    from .data.datasets import IMAGE_SUFFIXES
+    from .data.io import read_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: not a folder of calibration images", argument="calib")
+    names = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
+    if not names:
+        raise ExportError(f"{folder}: no images ({' '.join(IMAGE_SUFFIXES)}) to calibrate with", argument="calib")
+    height, width = crop_size
+    resized = [np.asarray(Image.fromarray(read_image(name)).resize((width, height), Image.BILINEAR)) for name in names]
+    return np.stack(resized)  # (N, H, W, 3) uint8
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """The int8 file against eager PyTorch (float32) on its ``images`` calibration images, one at a time.
+
+    ``logit_rdiff``: ``max |logits_int8 - logits_eager| / max |logits_eager|`` (None for a ``labels`` file);
+    ``label_agreement``: the share of all ``pixels`` with equal labels; ``decided_pixels``: the pixels whose two
+    best eager logits are at least :data:`INT8_DECIDED_MARGIN` of the largest logit apart, and
+    ``decided_agreement`` the share of those with equal labels (None when there are none).
+
+    Why these images and this rule: a quantised graph is only accurate on inputs whose activations lie in the ranges
+    its calibration recorded, so random noise images (the float32 check's) say nothing about it; the calibration
+    images are real images at the protocol's size. And with random or weakly trained weights many pixels are
+    near-ties between classes that the few-per-cent noise of int8 flips at random (about 7% of the pixels of a
+    random-weight PSPNet18), so all-pixel agreement measures the weights, not the quantisation; clear decisions
+    must survive it on any model."""
+
+    images: int
+    pixels: int
+    logit_rdiff: float | None
+    label_agreement: float
+    decided_pixels: int
+    decided_agreement: float | None
+
+    def problems(self) -> list[str]:
+        if self.decided_agreement is not None and not self.decided_agreement >= INT8_MIN_LABEL_AGREEMENT:
+            share = 100 * self.decided_agreement
+            problem = (
+                f"on the {self.decided_pixels:,} clearly decided pixels of the calibration images the int8 labels "
+                f"equal eager's on {share:.2f}% (at least {100 * INT8_MIN_LABEL_AGREEMENT:g}%)"
+            )
+            return [problem]
+        return []
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems()
+
+
+def check_int8(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    card: ModelCard,
+    input_kind: str,
+    output_kind: str,
+) -> Int8Check:
+    """Run the int8 ONNX file at ``path`` and ``model`` (eager, float32) on ``images`` (``(N, H, W, 3)`` uint8
+    RGB, the calibration images) and compare (:class:`Int8Check`)."""
+    run, _ = _onnx_runner(Path(path), output_kind)
+    pixels = equal = decided = decided_equal = 0
+    rdiff: float | None = None
+    for image in images:
+        x = image[None]
+        if input_kind == "normalized":
+            x = normalize(torch.from_numpy(x).permute(0, 3, 1, 2), card.mean, card.std).numpy()
+        got, got_logits = run(x)
+        expected = _eager_logits(model, x, card, input_kind).numpy()  # (1, K, H, W)
+        logits = got if output_kind == "logits" else got_logits
+        labels = got if output_kind == "labels" else got.argmax(axis=1)
+        scale = float(np.abs(expected).max()) or 1.0
+        if logits is not None:
+            diff = float(np.abs(logits - expected).max()) / scale
+            rdiff = diff if rdiff is None else max(rdiff, diff)
+        same = labels == expected.argmax(axis=1)
+        top2 = np.sort(expected, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) >= INT8_DECIDED_MARGIN * scale
+        pixels, equal = pixels + same.size, equal + int(same.sum())
+        decided, decided_equal = decided + int(clear.sum()), decided_equal + int(same[clear].sum())
+    return Int8Check(
+        images=len(images),
+        pixels=pixels,
+        logit_rdiff=rdiff,
+        label_agreement=equal / pixels,
+        decided_pixels=decided,
+        decided_agreement=decided_equal / decided if decided else None,
+    )
+
+
+def quantize_int8(
+    fp32_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    images: np.ndarray,
+    *,
+    card: ModelCard,
+    input_kind: str,
+    metadata: Mapping[str, str],
+) -> None:
+    """Quantise the float32 ONNX file ``fp32_path`` to int8 and write it to ``out`` with ``metadata``.
+
+    ONNX Runtime's static quantiser: the graph is first prepared by its ``quant_pre_process`` (shape inference and
+    graph optimisation), then its convolutions get int8 weights per output channel and uint8 activations, as
+    QuantizeLinear/DequantizeLinear pairs (QDQ format, which ONNX Runtime fuses into integer kernels, VNNI where the
+    CPU has it); the activation ranges are the MinMax of a float32 run on ``images`` (``(N, H, W, 3)`` uint8 RGB,
+    fed one at a time in the file's ``input_kind``). Input and output stay float32 (or uint8 / int64 as exported).
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(_calibration_inputs(images, card, input_kind))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.batches, None)
+            return None if x is None else {"image": x}
+
+    out = Path(out)
+    fd, pre_name = temporary_beside(out, suffix=".pre.onnx")
+    os.close(fd)
+    try:
+        quant_pre_process(str(fp32_path), pre_name)
+        quantize_static(
+            pre_name,
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=list(_QUANTIZED_OPS),
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        Path(pre_name).unlink(missing_ok=True)
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = _doc_string(metadata, card) + f" Quantised: {metadata['quantization']}."
+    onnx.save_model(proto, str(out))
+
+
+def _calibration_inputs(images: np.ndarray, card: ModelCard, input_kind: str) -> Iterator[np.ndarray]:
+    for image in images:
+        x = image[None]  # (1, H, W, 3) uint8
+        if input_kind == "normalized":
+            x = normalize(torch.from_numpy(x).permute(0, 3, 1, 2), card.mean, card.std).numpy()
+        yield x
 
 
 def _check_options(
@@ -618,13 +704,17 @@ def export_model(
     static_size: tuple[int, int] | None = None,
     opset: int | None = None,
     check_sizes: Sequence[tuple[int, int, int]] | None = None,
+    calibration: np.ndarray | None = None,
 ) -> ExportReport:
     """Export ``model`` (not changed: a copy is folded) as ``out`` in ``format``, check it, then put it in place.
 
     ``input_kind`` and ``output_kind``: see :class:`DeployedForward`. ``static_size`` (height, width) fixes the
     spatial size (the batch stays dynamic); else batch, height and width are dynamic. ``opset``: the ONNX opset
     (default: torch.onnx's). ``check_sizes``: the ``(batch, height, width)`` batches of the check (default:
-    :data:`CHECK_SIZES`, or batches of 1 and 2 at ``static_size``). The metadata (:func:`export_metadata`) comes
+    :data:`CHECK_SIZES`, or batches of 1 and 2 at ``static_size``). ``calibration`` (ONNX only): ``(N, H, W, 3)``
+    uint8 RGB images (:func:`calibration_images`); with them the checked float32 graph is quantised to int8
+    (:func:`quantize_int8`), checked on those images (:func:`check_int8`, :class:`Int8Check`) and written instead,
+    its metadata saying ``quantization: "int8 static, N calibration images"``. The metadata (:func:`export_metadata`) comes
     from ``model.card`` (:func:`~pspnet.weights.make_card`'s defaults for a model without one).
 
     The file is written under a temporary name beside ``out``, checked (:func:`check_export`) and renamed to
@@ -632,6 +722,10 @@ def export_model(
     onnx not installed) or any other failure leaves nothing at ``out`` (an existing file there is kept).
     """
     _check_options(format, input_kind, output_kind, static_size, opset)
+    if calibration is not None and format != "onnx":
+        raise ExportError(f"{format}: int8 quantisation is for ONNX files (--format onnx)", argument="format")
+    if calibration is not None and (calibration.ndim != 4 or calibration.shape[-1] != 3 or not len(calibration)):
+        raise ExportError(f"{calibration.shape}: give (N, H, W, 3) uint8 RGB images", argument="calibration")
     if format == "onnx":
         require_onnx()
     out = Path(out)
@@ -702,6 +796,28 @@ def export_model(
                 f"{out}: the exported file does not compute what the model computes ({check.runtime} against eager "
                 f"PyTorch): {'; '.join(check.problems())}; nothing was written",
             )
+        int8 = None
+        quantized = checked
+        if calibration is not None:
+            fd, tmp8_name = temporary_beside(out, suffix=".int8.onnx")
+            os.close(fd)
+            tmp8 = Path(tmp8_name)
+            try:
+                meta = {**meta, "quantization": f"int8 static, {len(calibration)} calibration images"}
+                with _quiet_exporter():
+                    quantize_int8(tmp, tmp8, calibration, card=card, input_kind=input_kind, metadata=meta)
+                quantized = time.perf_counter()
+                int8 = check_int8(
+                    tmp8, reference, calibration, card=card, input_kind=input_kind, output_kind=output_kind
+                )
+                if not int8.passed:
+                    raise ExportError(
+                        f"{out}: the int8 file does not compute what the model computes: "
+                        f"{'; '.join(int8.problems())}; nothing was written"
+                    )
+                os.replace(tmp8, tmp)
+            finally:
+                tmp8.unlink(missing_ok=True)
         size = tmp.stat().st_size
         os.replace(tmp, out)
     except BaseException:
@@ -716,4 +832,6 @@ def export_model(
         check=check,
         export_seconds=exported - started,
         check_seconds=checked - exported,
+        int8=int8,
+        quantize_seconds=quantized - checked,
     )

@@ -9,9 +9,13 @@ precision); this class turns user inputs into what it takes and its probabilitie
     labels = segmenter.predict("street.jpg")                           # (H, W) uint8 class ids at the photo's size
     proba = segmenter.predict_proba(pil_image)                         # (K, H, W) float32, sums to 1 over K
     many = segmenter.predict_batch([path, array, pil_image])           # equal sizes go through the network together
+    deployed = Segmenter.from_checkpoint("camvid.onnx")                # ONNX Runtime: segmenter.backend == "onnxruntime"
 
 An image is a path (``str`` or ``Path``), a PIL image or an ``(H, W, 3) uint8`` RGB numpy array. Paths and PIL
 images are turned upright by their EXIF orientation, as every image viewer shows them; arrays are taken as they are.
+
+A ``.onnx`` file (``pspnet export MODEL --input normalized --output logits``) runs on ONNX Runtime
+(:class:`~pspnet.onnx_model.OnnxModel`, CPU, float32) through the same protocol; its card comes from its metadata.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import Tensor
 
 from . import heap
 from .data.io import read_image, to_rgb8, upright
-from .errors import DataError
+from .errors import DataError, InputError
 from .inference import (
     DEFAULT_MAX_PIXELS,
     InferenceSettings,
@@ -39,6 +43,7 @@ from .inference import (
 )
 from .models.card import ModelCard
 from .models.pspnet import PSPNet
+from .onnx_model import OnnxModel, is_onnx_path
 from .runs import load_model
 from .weights.model_file import make_card
 
@@ -110,6 +115,25 @@ def size_batches(shapes: Sequence[tuple[int, ...]], max_batch: int) -> list[list
     return [group[i : i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
 
 
+def _onnx_model(path: str | os.PathLike, device: str | torch.device, precision: str) -> tuple[OnnxModel, str, str]:
+    """The ONNX Runtime model of ``path`` with its precision and why; refuses a device or precision it lacks."""
+    if str(device) not in ("auto", "cpu"):
+        raise InputError(
+            f"{device!r}: an ONNX file runs on ONNX Runtime's CPU provider here; use cpu", argument="device"
+        )
+    if precision not in ("auto", "fp32"):
+        raise InputError(
+            f"{precision!r}: an ONNX file runs in fp32 on ONNX Runtime (an int8 file: int8 inside, fp32 in and "
+            "out); use fp32, or the .safetensors model for bf16 or fp16",
+            argument="precision",
+        )
+    model = OnnxModel(path)
+    reason = "ONNX Runtime runs float32 files in fp32" if precision == "auto" else "as asked"
+    if model.metadata.quantization:
+        reason = f"{model.metadata.quantization}, float32 input and output"
+    return model, "fp32", reason
+
+
 class Segmenter:
     """A model in eval mode on its device, with the inference settings and the class names and colours it predicts.
 
@@ -117,14 +141,17 @@ class Segmenter:
     and normalisation come from ``model.card`` (for a model without a card, :func:`~pspnet.weights.make_card`'s
     defaults: ``class_0..``, the default palette, ImageNet normalisation); without ``settings``, the card's crop and
     base size with the defaults of :class:`~pspnet.inference.InferenceSettings` otherwise. ``max_batch`` caps how
-    many images of one size go through the network at once in :meth:`predict_batch`.
+    many images of one size go through the network at once in :meth:`predict_batch`. ``model`` may be an
+    :class:`~pspnet.onnx_model.OnnxModel` (an ONNX file on ONNX Runtime); ``backend`` says which runs it:
+    ``"torch"`` or ``"onnxruntime"``.
     """
 
-    def __init__(self, model: PSPNet, settings: InferenceSettings | None = None, *, max_batch: int = 4):
+    def __init__(self, model: PSPNet | OnnxModel, settings: InferenceSettings | None = None, *, max_batch: int = 4):
         if max_batch < 1:
             raise ValueError(f"max batch must be positive, got {max_batch}")
         heap.keep_freed_memory()  # one forward's memory is reused by the next (pspnet.heap)
         self.model = model.eval()
+        self.backend: str = getattr(model, "backend", "torch")
         self.settings = settings if settings is not None else InferenceSettings.from_card(model.card)
         self.card: ModelCard = model.card if model.card is not None else make_card(model.config)
         self.max_batch = max_batch
@@ -159,13 +186,21 @@ class Segmenter:
         the weights cast to bfloat16 in the channels-last layout. ``mode``: "whole", "slide" or "auto" (sliding windows when a side exceeds the
         checkpoint's crop after resizing the long side to its base size). ``scales`` and ``flip``: multi-scale and
         flip averaging of the official test protocol. Crop and base size come from the checkpoint's model card.
+        A ``.onnx`` path (exported with ``--input normalized --output logits``) runs on ONNX Runtime
+        (:class:`~pspnet.onnx_model.OnnxModel`): on the CPU (``device`` "auto" or "cpu") in float32 (``precision``
+        "auto" or "fp32"; another is an :class:`~pspnet.errors.InputError` naming ``precision``).
         ``max_pixels``: the most pixels of any image inference makes (:data:`pspnet.inference.DEFAULT_MAX_PIXELS`,
         16.8 MP); a photo above it is refused with a ``ValueError``, and settings that could exceed it (a base size
         at the largest scale, as a square; the file's own crop or base size included) are refused here with a
         ``ValueError`` naming the file and the limit.
         """
-        model = load_model(path, device=resolve_device(device))
-        chosen, reason = resolve_precision(precision, next(model.parameters()).device)
+        model: PSPNet | OnnxModel
+        if is_onnx_path(path):
+            model, chosen, reason = _onnx_model(path, device, precision)
+        else:
+            model = load_model(path, device=resolve_device(device))
+            chosen, reason = resolve_precision(precision, next(model.parameters()).device)
+            prepare_for_inference(model, chosen)
         try:
             settings = InferenceSettings.from_card(
                 model.card,
@@ -177,7 +212,7 @@ class Segmenter:
             )
         except ValueError as error:  # the file's crop or base size, or the arguments, beyond the limits
             raise ValueError(f"inference settings for {os.fspath(path)}: {error}") from None
-        segmenter = cls(prepare_for_inference(model, chosen), settings, max_batch=max_batch)
+        segmenter = cls(model, settings, max_batch=max_batch)
         segmenter.precision_reason = reason
         return segmenter
 

@@ -7,7 +7,7 @@ differs (ONNX Runtime's kernels and fusions against PyTorch's), by rounding alon
 derived (tests/rounding.py): logits within ``network_rtol(float32)`` of the largest logit, so every probability
 within half of that (plus the softmax's own rounding), and averaging over windows, flips and scales keeps the
 bound. A pixel whose two best probabilities are further apart than twice it must keep its label; the labels may
-differ only on near-ties, which must stay below 0.01% of the pixels (the issue's guarantee).
+differ only on near-ties, which must stay below 0.01% of the pixels (the deployment guarantee).
 """
 
 from __future__ import annotations

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -37,6 +35,7 @@ import onnxruntime
 import torch
 
 import pspnet
+from pspnet.bench import machine_info
 from pspnet.data.io import read_image
 from pspnet.export import calibration_images, export_model
 from pspnet.inference import cpu_flags
@@ -48,13 +47,9 @@ SHARED = ROOT.parent / "shared"
 
 
 def machine() -> str:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "?")
-    except OSError:
-        cpu = platform.processor() or "?"
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
+    """The CPU's model name (pspnet bench's reading of /proc/cpuinfo) and its logical CPUs."""
+    info = machine_info(torch.device("cpu"))
+    return f"{info['cpu_model'] or '?'}, {info['logical_cpus']} logical CPUs"
 
 
 def timed(segmenter: Segmenter, images: list[np.ndarray], repeat: int) -> tuple[float, list[np.ndarray]]:

@@ -92,6 +92,25 @@ def test_auto_precision_is_bf16_only_where_native(monkeypatch, native, chosen):
     assert inference.resolve_precision("fp32", torch.device("cpu")) == ("fp32", "as asked")
 
 
+@pytest.mark.parametrize(
+    "flags, environ, native",
+    [
+        (["AVX512", "AVX512_BF16"], {}, True),
+        (["AVX512", "AMX"], {"ONEDNN_MAX_CPU_ISA": "ALL"}, True),
+        (["AVX512", "AVX512_BF16"], {"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"}, True),
+        (["AVX512"], {}, False),  # AVX-512 without bf16 instructions
+        (["AVX2"], {}, False),  # an AVX2-only CPU
+        (["AVX2", "AVX512_BF16"], {}, False),  # ATEN_CPU_CAPABILITY=avx2 on a bf16 CPU
+        (["AVX512", "AVX512_BF16"], {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),  # oneDNN capped below bf16
+        (["AVX512", "AVX512_BF16"], {"DNNL_MAX_CPU_ISA": "avx512_core_vnni"}, False),
+    ],
+)
+def test_bf16_counts_as_native_only_where_the_kernels_may_use_it(flags, environ, native):
+    """A CPU with bf16 instructions whose kernels are capped below them (measured: the bf16 forward 0.17x the fp32
+    one with ATen and oneDNN forced to AVX2) must not make precision "auto" pick bf16."""
+    assert inference.cpu_bf16_kernels(flags, environ) is native
+
+
 def test_explicit_bf16_where_it_is_emulated_warns_once(monkeypatch):
     monkeypatch.setattr(inference, "native_bf16", lambda device: False)
     monkeypatch.setattr(inference, "_WARNED_EMULATED_BF16", set())

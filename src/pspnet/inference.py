@@ -31,8 +31,9 @@ All functions take and return tensors: images ``(N, 3, H, W)`` normalised float,
 from __future__ import annotations
 
 import math
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "PRECISION_CHOICES",
     "InferenceSettings",
     "check_image_size",
+    "cpu_bf16_kernels",
     "cpu_flags",
     "infer_proba",
     "native_bf16",
@@ -164,12 +166,31 @@ def cpu_flags() -> list[str]:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX512_BF16 or AMX
-    tiles. Elsewhere (AVX2-only CPUs, Apple MPS) PyTorch emulates bf16 convolutions, tens of times slower than fp32."""
+    tiles whose kernels may use them (:func:`cpu_bf16_kernels`). Elsewhere (AVX2-only CPUs, Apple MPS) PyTorch
+    emulates bf16 convolutions, tens of times slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool({"AVX512_BF16", "AMX"} & set(cpu_flags()))
+        return cpu_bf16_kernels(cpu_flags(), os.environ)
     return False
+
+
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) that still include bf16 instructions, by a part of their name
+_BF16_ISA_MARKS = ("BF16", "AMX", "FP16", "AVX10")
+
+
+def cpu_bf16_kernels(flags: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """Whether PyTorch's CPU kernels compute bf16 natively, given :func:`cpu_flags` and the environment: the CPU has
+    AVX512_BF16 or AMX, ATen's kernels run at AVX-512 (``ATEN_CPU_CAPABILITY=avx2`` makes the capability AVX2), and
+    oneDNN is not capped below its bf16 instruction sets (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``, e.g.
+    ``AVX2``). A capped run emulates bf16, many times slower than fp32 (docs/benchmarks.md)."""
+    if not {"AVX512_BF16", "AMX"} & set(flags) or not flags or not flags[0].startswith("AVX512"):
+        return False
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = environ.get(name, "").strip().upper()
+        if cap and cap not in ("ALL", "DEFAULT") and not any(mark in cap for mark in _BF16_ISA_MARKS):
+            return False
+    return True
 
 
 _WARNED_EMULATED_BF16: set[str] = set()

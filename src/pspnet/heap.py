@@ -4,13 +4,14 @@ Why: glibc's ``malloc`` gives every block above a threshold (128 KiB at the star
 most 32 MiB) a mapping of its own and unmaps it on ``free``, and it returns the free top of its heap to the kernel
 once more than 128 KiB sit there. A network's activations are tens to hundreds of MiB each, so without this every
 forward pass and every training step asks the kernel for the same memory again, as fresh zeroed pages, one page fault
-per 4 KiB. On the 2-core VM of docs/benchmarks.md that kernel work took about a sixth of a PSPNet50 training step and
-an eighth of an inference forward (``sys`` time 22.6 s of 108 s in four steps without it, 6.9 s with it).
+per 4 KiB. On the 2-core VM of docs/benchmarks.md a PSPNet50 training step spent 3.3 s of system CPU time per step
+of about 15 s without this setting and 0.3 s with it (benchmarks/profile_train_step.py), and the official code's
+fp32 forward at 512x512 took 2.30 s without it and 2.07 s with it (benchmarks/official_vs_pspnet.py).
 
 :func:`keep_freed_memory` raises both thresholds with glibc's ``mallopt``, for the whole process and its forked
 children (DataLoader workers), as PyTorch's CUDA allocator keeps GPU memory it has freed. The cost: the process's
-resident memory no longer shrinks after a peak, and the peak itself may grow a little (measured: 4.35 against
-4.18 GiB for that training step). The entry points that run networks apply it: every ``pspnet`` command,
+resident memory no longer shrinks after a peak, and the peak itself may grow a little (pspnet's training step: 3.57
+against 3.40 GiB peak RSS in benchmarks/official_vs_pspnet.py). The entry points that run networks apply it: every ``pspnet`` command,
 ``pspnet.load_model``, ``Segmenter`` and ``pspnet.engine.train.train``. The environment variable
 ``PSPNET_KEEP_FREED_MEMORY=0`` turns it off (glibc's defaults stay). Elsewhere (macOS, Windows, musl) it changes
 nothing.

@@ -134,7 +134,8 @@ class _CrossEntropySum(torch.autograd.Function):
         n, height, width = target.shape
         lse = torch.empty((n, height, width), dtype=dtype, device=logits.device)
         total = torch.zeros((), dtype=dtype, device=logits.device)
-        for i, top, end, z, _ in _chunks(logits, (height, width), align_corners, dtype):
+        matrices = _matrices(logits, (height, width), align_corners, dtype)
+        for i, top, end, z, _ in _chunks(logits, (height, width), matrices, dtype):
             label, scale = _label_and_scale(target[i, top:end], weight, ignore_index, dtype)
             lse[i, top:end] = torch.logsumexp(z, dim=1)
             picked = z.gather(1, label[:, None])[:, 0]
@@ -150,21 +151,21 @@ class _CrossEntropySum(torch.autograd.Function):
         logits, target, weight, lse = ctx.saved_tensors
         weight = weight if ctx.has_weight else None
         dtype = lse.dtype
-        _, k, h, w = logits.shape
+        _, k, h, _ = logits.shape
         height, width = target.shape[-2:]
-        upsampled = (h, w) != (height, width)
+        matrices = _matrices(logits, (height, width), ctx.align_corners, dtype)
         out = torch.empty_like(logits)
-        if upsampled:
-            row_matrix, column_matrix = _matrices(logits, (height, width), ctx.align_corners, dtype)
+        if matrices is not None:
+            row_matrix, column_matrix = matrices
             source_grad = torch.zeros((h, k * width), dtype=dtype, device=logits.device)
-        for i, top, end, z, fresh in _chunks(logits, (height, width), ctx.align_corners, dtype):
+        for i, top, end, z, fresh in _chunks(logits, (height, width), matrices, dtype):
             label, scale = _label_and_scale(target[i, top:end], weight, ctx.ignore_index, dtype)
             shifted = lse[i, top:end, None]
             g = z.sub_(shifted) if fresh else z - shifted
             g.exp_()  # softmax, (rows, K, W)
             g.scatter_add_(1, label[:, None], torch.full_like(g[:, :1], -1.0))  # minus the one-hot label
             g.mul_((scale * grad)[:, None])
-            if upsampled:
+            if matrices is not None:
                 source_grad.addmm_(row_matrix[top:end].T, g.view(end - top, k * width))
                 if end == height:  # the image's last chunk: back through the columns' interpolation
                     image_grad = source_grad.view(h, k, width).permute(1, 0, 2) @ column_matrix  # (K, h, w)
@@ -175,31 +176,36 @@ class _CrossEntropySum(torch.autograd.Function):
         return out, None, None, None, None
 
 
-def _matrices(logits: Tensor, size: Sequence[int], align_corners: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The rows' (H, h) and the columns' (W, w) interpolation matrices from ``logits``' size to ``size``."""
+def _matrices(
+    logits: Tensor, size: Sequence[int], align_corners: bool, dtype: torch.dtype
+) -> tuple[Tensor, Tensor] | None:
+    """The rows' (H, h) and the columns' (W, w) interpolation matrices from ``logits``' size to ``size``; None when
+    the sizes are equal (nothing to upsample)."""
     h, w = logits.shape[-2:]
+    if (h, w) == tuple(size):
+        return None
     rows = interpolation_matrix(size[0], h, align_corners=align_corners, dtype=dtype).to(logits.device)
     columns = interpolation_matrix(size[1], w, align_corners=align_corners, dtype=dtype).to(logits.device)
     return rows, columns
 
 
-def _chunks(logits: Tensor, size: Sequence[int], align_corners: bool, dtype: torch.dtype):
+def _chunks(logits: Tensor, size: Sequence[int], matrices: tuple[Tensor, Tensor] | None, dtype: torch.dtype):
     """Yield ``(image, first row, end row, z, fresh)``: z (rows, K, W) the logits of those output rows upsampled to
-    ``size`` (H, W) in ``dtype``, each chunk at most CHUNK_ELEMENTS values (>= 1 row); ``fresh`` says whether z is
-    a new tensor (upsampled or cast) that may be changed in place, rather than a view of ``logits``."""
-    n, k, h, w = logits.shape
+    ``size`` (H, W) with ``matrices`` (:func:`_matrices`; None: the logits are at ``size``) in ``dtype``, each chunk
+    at most CHUNK_ELEMENTS values (>= 1 row); ``fresh`` says whether z is a new tensor (upsampled or cast) that may
+    be changed in place, rather than a view of ``logits``."""
+    n, k, h, _ = logits.shape
     height, width = size
     rows = max(1, CHUNK_ELEMENTS // max(1, k * width))
-    upsampled = (h, w) != (height, width)
-    if upsampled:
-        row_matrix, column_matrix = _matrices(logits, size, align_corners, dtype)
+    if matrices is not None:
+        row_matrix, column_matrix = matrices
     for i in range(n):
-        if upsampled:
+        if matrices is not None:
             # the columns first, once per image: (K, h, w) @ (w, W) -> (h, K, W), one row of logits per matrix row
             source = (logits[i].to(dtype) @ column_matrix.T).permute(1, 0, 2).reshape(h, k * width)
         for top in range(0, height, rows):
             end = min(top + rows, height)
-            if upsampled:
+            if matrices is not None:
                 yield i, top, end, (row_matrix[top:end] @ source).view(end - top, k, width), True
             else:
                 z = logits[i, :, top:end].permute(1, 0, 2)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the hand-written official key layout used by the converter tests
 from layouts import to_official
 
-from pspnet.models.pspnet import MODELS
+from pspnet.models.build import MODELS
 
 MODES = {
     "whole (CamVid default: native 480x360)": ["--mode", "whole"],

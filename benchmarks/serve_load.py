@@ -42,7 +42,7 @@ def free_port() -> int:
 def random_camvid_model(path: Path) -> Path:
     """A PSPNet18 with random weights and CamVid's card, written to ``path``."""
     from pspnet.data.classes import DATASETS
-    from pspnet.models.pspnet import MODELS
+    from pspnet.models.build import MODELS
     from pspnet.weights.model_file import make_card, save_model
 
     model = MODELS["pspnet18"](num_classes=len(DATASETS["camvid"].classes))

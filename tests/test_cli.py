@@ -11,7 +11,7 @@ from layouts import to_official
 import pspnet
 from pspnet.cli import main
 from pspnet.introspect import summarize
-from pspnet.models.pspnet import MODELS
+from pspnet.models.build import MODELS
 
 
 def _analytic_flops(model, height, width):

@@ -4,7 +4,9 @@ from conftest import fixture_keys, tiny_pspnet
 from rounding import network_rtol
 
 from pspnet.engine.losses import pspnet_loss
-from pspnet.models.pspnet import MODELS, PSPNet
+from pspnet.models.build import MODELS, build_model
+from pspnet.models.config import ModelConfig
+from pspnet.models.pspnet import PSPNet
 from pspnet.models.resnet import count_trainable
 from pspnet.weights.convert import OFFICIAL_RULES, rename_keys
 
@@ -118,13 +120,14 @@ def test_state_dict_maps_one_to_one_onto_official_keys(fixture, name, classes):
 
 def test_model_config_round_trip():
     model = tiny_pspnet(6, output_stride=16, align_corners=False)
-    rebuilt = PSPNet(**model.config.to_dict())
-    assert rebuilt.config == model.config
+    rebuilt = build_model(ModelConfig(**model.config.to_dict()))
+    assert type(rebuilt) is PSPNet and rebuilt.config == model.config
     assert [k for k in rebuilt.state_dict()] == [k for k in model.state_dict()]
 
 
 def test_models_table_names_every_depth():
-    assert sorted(MODELS) == ["pspnet101", "pspnet152", "pspnet18", "pspnet34", "pspnet50"]
+    depths = ("18", "34", "50", "101", "152")
+    assert sorted(MODELS) == sorted(f"{a}{d}" for a in ("pspnet", "deeplabv3plus", "unet") for d in depths)
     with torch.device("meta"):
         assert MODELS["pspnet152"](num_classes=2).config.depth == 152
     with pytest.raises(TypeError):

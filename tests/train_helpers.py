@@ -231,7 +231,7 @@ def training_rtol(root: Path, *, steps: int, **extra: Any) -> float:
     :func:`tiny_config` builds for data set ``root``: its layers and fan-ins, and the pixels of one step's batch."""
     from rounding import network_rtol
 
-    from pspnet.models.pspnet import build_model
+    from pspnet.models.build import build_model
 
     config = tiny_config(root, iterations=1, **extra)
     with torch.device("meta"):

@@ -9,9 +9,10 @@ Quick use::
 
 from .constants import __version__
 from .errors import CheckpointError, ConfigError, ConversionError, DataError
+from .models.build import MODELS, build_model
 from .models.card import ModelCard
 from .models.config import ModelConfig
-from .models.pspnet import MODELS, PSPNet, build_model
+from .models.pspnet import PSPNet
 from .runs import load_model
 from .segmenter import Segmenter
 from .weights.model_file import make_card, save_model

@@ -54,8 +54,9 @@ from .data.transforms import paper_train_transform
 from .engine.train import StepSettings, param_groups, train_step
 from .errors import show_warning_line
 from .inference import PRECISIONS, InferenceSettings, cpu_flags, infer_proba, native_bf16, resolve_precision
+from .models.build import build_model
 from .models.config import ModelConfig
-from .models.pspnet import PSPNet, build_model
+from .models.network import SegmentationNetwork
 from .segmenter import Segmenter, prepare_for_inference
 
 __all__ = [
@@ -330,7 +331,9 @@ def measure_ceiling(
     }
 
 
-def _forward_copy(model: PSPNet, precision: str) -> tuple[torch.nn.Module, torch.dtype, torch.memory_format]:
+def _forward_copy(
+    model: SegmentationNetwork, precision: str
+) -> tuple[torch.nn.Module, torch.dtype, torch.memory_format]:
     """The model to time for ``precision``: a copy prepared as ``Segmenter`` prepares the model it loads
     (:func:`~pspnet.segmenter.prepare_for_inference`: BatchNorm folded; bf16 weights in channels_last), fp16 (CUDA)
     cast to float16 in channels_last. Returns (model, input dtype, input memory format)."""
@@ -342,7 +345,7 @@ def _forward_copy(model: PSPNet, precision: str) -> tuple[torch.nn.Module, torch
 
 
 def measure_forward(
-    model: PSPNet,
+    model: SegmentationNetwork,
     device: torch.device,
     *,
     precision: str,
@@ -583,7 +586,7 @@ def measure_train(
 
 
 def measure_protocol(
-    model: PSPNet,
+    model: SegmentationNetwork,
     device: torch.device,
     *,
     precision: str,
@@ -701,7 +704,7 @@ def measure_data(
 
 
 def run_bench(
-    model: PSPNet,
+    model: SegmentationNetwork,
     *,
     device: str | torch.device = "cpu",
     precision: str = "auto",

@@ -30,7 +30,7 @@ from .data.cli_data import add_data_commands, positive_int
 from .data.datasets import DATASET_READERS
 from .errors import InputError, TrainingStopped, show_warning_line
 from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISION_CHOICES
-from .models.pspnet import MODELS
+from .models.build import MODELS
 from .models.resnet import STEMS
 from .weights.convert import SOURCES
 

@@ -46,7 +46,7 @@ from .atomic import temporary_beside
 from .errors import ExportError
 from .inference import normalize
 from .models.card import ModelCard
-from .models.pspnet import PSPNet
+from .models.network import SegmentationNetwork
 from .segmenter import prepare_for_inference
 from .weights.exported import (
     FORMATS,
@@ -695,7 +695,7 @@ def _check_options(
 
 
 def export_model(
-    model: PSPNet,
+    model: SegmentationNetwork,
     out: str | os.PathLike[str],
     *,
     format: str = "onnx",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.pspnet import PSPNet
+from .models.network import SegmentationNetwork
 from .models.resnet import count_trainable
 
 __all__ = ["ModelSummary", "summarize"]
@@ -30,7 +30,7 @@ class ModelSummary:
     shapes: list[tuple[str, tuple[int, ...], int]]  # (name, shape, nominal reduction; sides are ceil(H / r))
 
 
-def summarize(model: PSPNet, height: int, width: int) -> ModelSummary:
+def summarize(model: SegmentationNetwork, height: int, width: int) -> ModelSummary:
     """Summarise ``model`` (ideally built under ``torch.device("meta")``) for a ``(1, 3, height, width)`` input."""
     parts = {"backbone": model.backbone, "decode_head": model.decode_head}
     if model.aux_head is not None:
@@ -66,7 +66,10 @@ def summarize(model: PSPNet, height: int, width: int) -> ModelSummary:
         model.train(was_training)
     shapes.append(("output (upsampled)", tuple(out.shape), 1))
     counts = counter.get_flop_counts()
-    flops_by_part = {name: int(sum(counts.get(f"PSPNet.{name}", {}).values())) for name in ("backbone", "decode_head")}
+    flops_by_part = {
+        name: int(sum(counts.get(f"{type(model).__name__}.{name}", {}).values()))
+        for name in ("backbone", "decode_head")
+    }
     return ModelSummary(
         parameters=total,
         parameters_without_aux=total - params_by_part.get("aux_head", 0),

@@ -14,7 +14,7 @@ import torch
 from . import heap
 from .engine.checkpoint import run_checkpoints
 from .errors import CheckpointError
-from .models.pspnet import PSPNet
+from .models.network import SegmentationNetwork
 from .weights.model_file import load_model_file
 
 __all__ = ["load_model", "resolve_model_path"]
@@ -41,7 +41,7 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     )
 
 
-def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> PSPNet:
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SegmentationNetwork:
     """Load a model file or a training run directory (:func:`resolve_model_path`) and return the model in eval mode.
 
     Every card field and tensor is checked (:func:`pspnet.weights.model_file.load_model_file`); float16/bfloat16

@@ -42,7 +42,7 @@ from .inference import (
     resolve_precision,
 )
 from .models.card import ModelCard
-from .models.pspnet import PSPNet
+from .models.network import SegmentationNetwork
 from .onnx_model import OnnxModel, is_onnx_path
 from .runs import load_model
 from .weights.model_file import make_card
@@ -93,9 +93,9 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     return array
 
 
-def prepare_for_inference(model: PSPNet, precision: str) -> PSPNet:
+def prepare_for_inference(model: SegmentationNetwork, precision: str) -> SegmentationNetwork:
     """``model`` made ready for fast inference at ``precision``, in place, and returned: BatchNorm folded into the
-    convolutions (:meth:`PSPNet.fold_batchnorm`), and for bf16 the weights cast to bfloat16 once, in the
+    convolutions (:meth:`SegmentationNetwork.fold_batchnorm`), and for bf16 the weights cast to bfloat16 once, in the
     channels-last layout (inputs follow the weights' dtype; fp32 and fp16 keep float32 weights, fp16 by autocast).
     The model can no longer train; :meth:`Segmenter.from_checkpoint` does this to the model it loads."""
     model.fold_batchnorm()
@@ -146,7 +146,9 @@ class Segmenter:
     ``"torch"`` or ``"onnxruntime"``.
     """
 
-    def __init__(self, model: PSPNet | OnnxModel, settings: InferenceSettings | None = None, *, max_batch: int = 4):
+    def __init__(
+        self, model: SegmentationNetwork | OnnxModel, settings: InferenceSettings | None = None, *, max_batch: int = 4
+    ):
         if max_batch < 1:
             raise ValueError(f"max batch must be positive, got {max_batch}")
         heap.keep_freed_memory()  # one forward's memory is reused by the next (pspnet.heap)
@@ -182,7 +184,7 @@ class Segmenter:
         ``device``: "auto" (CUDA, then Apple MPS, then CPU) or a torch device name. ``precision``: "auto" (bf16
         where the device computes it natively, else fp32: :func:`pspnet.inference.resolve_precision`; the choice and
         why are in ``precision_reason``), "fp32", "bf16" or "fp16" (autocast, CUDA). The model is prepared for
-        inference once, here: BatchNorm folded into the convolutions (:meth:`PSPNet.fold_batchnorm`), and for bf16
+        inference once, here: BatchNorm folded into the convolutions (:meth:`SegmentationNetwork.fold_batchnorm`), and for bf16
         the weights cast to bfloat16 in the channels-last layout. ``mode``: "whole", "slide" or "auto" (sliding windows when a side exceeds the
         checkpoint's crop after resizing the long side to its base size). ``scales`` and ``flip``: multi-scale and
         flip averaging of the official test protocol. Crop and base size come from the checkpoint's model card.
@@ -194,7 +196,7 @@ class Segmenter:
         at the largest scale, as a square; the file's own crop or base size included) are refused here with a
         ``ValueError`` naming the file and the limit.
         """
-        model: PSPNet | OnnxModel
+        model: SegmentationNetwork | OnnxModel
         if is_onnx_path(path):
             model, chosen, reason = _onnx_model(path, device, precision)
         else:

@@ -23,7 +23,7 @@ from ..data.datasets import SegmentationDataset
 from ..data.io import write_mask_png
 from ..errors import DataError
 from ..inference import InferenceSettings, check_image_size, infer_proba, normalize
-from ..models.pspnet import PSPNet
+from ..models.network import SegmentationNetwork
 from ..weights.model_file import make_card
 from .distributed import all_reduce_sum, rank_and_world
 from .metrics import BoundaryIoU, ConfusionMatrix, metrics_report
@@ -36,7 +36,7 @@ def _identity(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(
-    model: PSPNet,
+    model: SegmentationNetwork,
     dataset: SegmentationDataset,
     settings: InferenceSettings,
     *,

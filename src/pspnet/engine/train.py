@@ -62,7 +62,8 @@ from ..data.io import read_mask
 from ..data.transforms import paper_train_transform
 from ..errors import ConfigError, DataError, TrainingStopped
 from ..inference import PRECISIONS, InferenceSettings, normalize, resolve_device, resolve_precision
-from ..models.pspnet import PSPNet, build_model
+from ..models.build import build_model
+from ..models.network import SegmentationNetwork
 from ..weights.model_file import load_backbone_weights, make_card
 from . import distributed
 from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, repair_run_dir, rng_state, save_checkpoint
@@ -147,7 +148,7 @@ def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float = 0.9) -
     return base_lr * (1.0 - iteration / max_iter) ** power
 
 
-def param_groups(model: PSPNet, *, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
+def param_groups(model: SegmentationNetwork, *, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
     """Two groups: the backbone at ``lr``; pyramid pooling, head and aux head at ``lr * head_lr_mult``."""
     head = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
     return [
@@ -179,7 +180,7 @@ def step_batches(
     return steps
 
 
-def make_optimizer(model: PSPNet, config: TrainConfig) -> torch.optim.SGD:
+def make_optimizer(model: SegmentationNetwork, config: TrainConfig) -> torch.optim.SGD:
     """The run's SGD: :func:`param_groups` at ``config.lr`` (head x ``head_lr_mult``), its momentum and weight decay."""
     return torch.optim.SGD(
         param_groups(model, lr=config.lr, head_lr_mult=config.head_lr_mult),
@@ -388,7 +389,9 @@ def _keep_log_aside(path: Path) -> Path:
     return aside
 
 
-def _validate(model: PSPNet, dataset: SegmentationDataset, config: TrainConfig, device: torch.device) -> dict:
+def _validate(
+    model: SegmentationNetwork, dataset: SegmentationDataset, config: TrainConfig, device: torch.device
+) -> dict:
     from .evaluate import evaluate
 
     settings = InferenceSettings(
@@ -441,7 +444,7 @@ class TrainingRun:
     steps_per_epoch: int
     total: int  # optimiser steps of the whole run
     val_every: int
-    model: PSPNet
+    model: SegmentationNetwork
     net: nn.Module  # the model, or the DistributedDataParallel that wraps it
     forward: Callable[[torch.Tensor], Any]  # net, or torch.compile(net)
     optimizer: torch.optim.SGD

@@ -1,4 +1,5 @@
-"""``ModelConfig``: every field that rebuilds a PSPNet, and the one statement of their allowed ranges."""
+"""``ModelConfig``: every field that rebuilds a model (PSPNet, DeepLab v3+ or U-Net), and the one statement of their
+allowed ranges."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..errors import ConfigError
 from ..parsing import is_int, is_number, shown
 from .resnet import STAGE_BLOCKS, STEMS
 
-__all__ = ["BIN_COUNTS", "MAX_BIN", "MAX_CHANNELS", "ModelConfig", "check_model_config"]
+__all__ = ["ARCHITECTURES", "BIN_COUNTS", "MAX_BIN", "MAX_CHANNELS", "ModelConfig", "check_model_config"]
 
 # Bounds of the model fields. The pyramid's branches share layer4's 512 or 2048 channels equally; a bin finer than
 # the feature map only repeats its pixels (128 = a 1024-pixel side at output stride 8); no published head is wider
@@ -20,27 +21,53 @@ BIN_COUNTS = (1, 2, 4, 8)
 MAX_BIN = 128
 MAX_CHANNELS = 8192
 
+# architecture -> (its default head_channels, its default output_stride, the output strides it allows). What
+# head_channels means differs: PSPNet's 3x3 conv after the pyramid (paper: 512), DeepLab v3+'s ASPP and decoder
+# width (paper: 256), U-Net's first decoder block, halved by each of the next four (256-128-64-32-16).
+ARCHITECTURES: dict[str, tuple[int, int, tuple[int, ...]]] = {
+    "pspnet": (512, 8, (8, 16, 32)),
+    "deeplabv3plus": (256, 8, (8, 16)),
+    "unet": (256, 32, (32,)),
+}
+# The fields that only PSPNet has, with the value every other architecture must keep.
+PSPNET_ONLY: dict[str, Any] = {"bins": (1, 2, 3, 6), "ppm": True, "skip_decoder": False}
+UNET_BLOCKS = 5  # U-Net decoder blocks: 1/32 -> 1/16 -> 1/8 -> 1/4 -> 1/2 -> 1/1
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a PSPNet; the defaults are the official PSPNet50.
+    """Everything needed to rebuild a model; the defaults are the official PSPNet50.
 
-    Fields map one-to-one onto the keyword arguments of :class:`pspnet.models.pspnet.PSPNet`. ``num_classes`` is
-    None only in a training config (:class:`pspnet.engine.config.TrainConfig`), where the data set supplies it.
+    ``architecture`` picks the network (``"pspnet"``, ``"deeplabv3plus"`` or ``"unet"``, :data:`ARCHITECTURES`;
+    :func:`pspnet.models.build.build_model` builds it); the other fields map onto the keyword arguments of its class
+    (:class:`~pspnet.models.pspnet.PSPNet` takes them all). ``head_channels`` and ``output_stride`` left as None take
+    the architecture's default (:data:`ARCHITECTURES`), so a config that names only the architecture gets the
+    paper's widths. ``bins``, ``ppm`` and ``skip_decoder`` are PSPNet's alone. ``num_classes`` is None only in a
+    training config (:class:`pspnet.engine.config.TrainConfig`), where the data set supplies it.
     """
 
     num_classes: int | None = None
+    architecture: str = "pspnet"
     depth: int = 50
     stem: str = "deep"
-    output_stride: int = 8
+    output_stride: int | None = None  # None: the architecture's (8; U-Net 32, it has no dilation)
     contract_dilation: bool = False
     bins: tuple[int, ...] = (1, 2, 3, 6)
-    head_channels: int = 512
+    head_channels: int | None = None  # None: the architecture's (PSPNet 512, DeepLab v3+ 256, U-Net 256)
     aux: bool = True
     aux_channels: int = 256
     dropout: float = 0.1
     align_corners: bool = True
     ppm: bool = True  # False only for ablations: the head then sees layer4 alone (no global context)
+    skip_decoder: bool = False  # PSPNet + DeepLab v3+'s stride-4 decoder after its head (not in the paper)
+
+    def __post_init__(self) -> None:
+        defaults = ARCHITECTURES.get(self.architecture) if isinstance(self.architecture, str) else None
+        if defaults is not None:  # an unknown architecture is refused by check_model_config, naming the field
+            if self.head_channels is None:
+                object.__setattr__(self, "head_channels", defaults[0])
+            if self.output_stride is None:
+                object.__setattr__(self, "output_stride", defaults[1])
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-able values (``bins`` as a list)."""
@@ -69,6 +96,7 @@ def _bins(value: Any) -> bool:
 # (field, predicate, allowed values) of every ModelConfig field.
 _RULES: tuple[tuple[str, Any, str], ...] = (
     ("num_classes", lambda v: is_int(v) and 1 <= v <= MAX_CLASSES, f"an integer in [1, {MAX_CLASSES}]"),
+    ("architecture", lambda v: isinstance(v, str) and v in ARCHITECTURES, f"one of {sorted(ARCHITECTURES)}"),
     ("depth", lambda v: is_int(v) and v in STAGE_BLOCKS, f"one of {sorted(STAGE_BLOCKS)}"),
     ("stem", lambda v: isinstance(v, str) and v in STEMS, f"one of {sorted(STEMS)}"),
     ("output_stride", lambda v: is_int(v) and v in (8, 16, 32), "8, 16 or 32"),
@@ -80,6 +108,7 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("dropout", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("align_corners", _is_bool, "true or false"),
     ("ppm", _is_bool, "true or false"),
+    ("skip_decoder", _is_bool, "true or false"),
 )
 
 
@@ -98,3 +127,26 @@ def check_model_config(config: ModelConfig, where: str, *, prefix: str = "", cla
             continue
         if not allowed(value):
             raise ConfigError(f"{where + ': ' if where else ''}{prefix}{name} must be {rule}, got {shown(value)}")
+    _check_architecture_fields(config, f"{where + ': ' if where else ''}{prefix}")
+
+
+def _check_architecture_fields(config: ModelConfig, at: str) -> None:
+    """The fields whose range depends on the architecture (all fields already have their types)."""
+    architecture = config.architecture
+    strides = ARCHITECTURES[architecture][2]
+    if config.output_stride not in strides:
+        allowed = " or ".join(map(str, strides))
+        why = " (U-Net has no dilation)" if architecture == "unet" else ""
+        raise ConfigError(f"{at}output_stride must be {allowed} for {architecture}{why}, got {config.output_stride}")
+    if architecture == "unet" and config.head_channels < 2 ** (UNET_BLOCKS - 1):
+        raise ConfigError(
+            f"{at}head_channels must be at least {2 ** (UNET_BLOCKS - 1)} for unet (its {UNET_BLOCKS} decoder blocks "
+            f"halve it four times), got {config.head_channels}"
+        )
+    if architecture == "unet" and config.contract_dilation:
+        raise ConfigError(f"{at}contract_dilation applies to dilated backbones; unet has none")
+    if architecture != "pspnet":
+        for name, kept in PSPNET_ONLY.items():
+            value = getattr(config, name)
+            if (tuple(value) if name == "bins" else value) != kept:
+                raise ConfigError(f"{at}{name} is a PSPNet field; {architecture} takes no {name} (got {shown(value)})")

@@ -14,7 +14,7 @@ __all__ = ["FCNHead", "PSPHead"]
 class FCNHead(nn.Module):
     """conv3x3 (no bias) -> BN -> ReLU -> Dropout2d -> conv1x1 classifier.
 
-    ``forward`` maps ``(N, in_channels, h, w)`` to logits ``(N, num_classes, h, w)``. Used as PSPNet's auxiliary
+    ``forward`` maps ``(N, in_channels, h, w)`` to logits ``(N, num_classes, h, w)``. Used as the auxiliary
     head on layer3 (1024 -> 256 channels in the paper) and as the last part of :class:`PSPHead`.
     """
 

@@ -1,40 +1,74 @@
 """PSPNet = dilated ResNet + pyramid pooling head (+ auxiliary FCN head in training).
 
-Three ways to build one, each for its caller: ``PSPNet(num_classes=..., depth=..., ...)`` with typed keywords (code
-that knows what it wants), ``build_model(config)`` from a :class:`ModelConfig` (model files, training runs), and
-``MODELS[name](num_classes=...)`` by name (the command line). ``pspnet.load_model`` loads a trained one.
+``PSPNet(num_classes=..., depth=..., ...)`` builds one with typed keywords; :func:`pspnet.models.build.build_model`
+builds any architecture from a :class:`ModelConfig`, ``MODELS[name]`` by name; ``pspnet.load_model`` loads a
+trained one.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Any
+from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .card import ModelCard
-from .config import ModelConfig, check_model_config
-from .fold import fold_batchnorm
-from .heads import FCNHead, PSPHead
-from .resnet import ResNet
+from .config import ModelConfig
+from .decoders import SkipDecoder
+from .heads import PSPHead
+from .layers import conv_bn_relu
+from .network import SegmentationNetwork
+from .ppm import PyramidPoolingModule
 
-__all__ = ["MODELS", "PSPNet", "build_model"]
+__all__ = ["PSPNet", "PSPSkipHead"]
 
 
-class PSPNet(nn.Module):
+class PSPSkipHead(nn.Module):
+    """PSPNet's head followed by DeepLab v3+'s stride-4 decoder (not in the paper):
+    ``(c1 (N, C1, H/4, W/4), c4 (N, C4, h, w))`` -> logits ``(N, num_classes, H/4, W/4)``.
+
+    Pyramid pooling and the 3x3 conv + BN + ReLU to ``channels`` as :class:`~pspnet.models.heads.PSPHead`, then
+    :class:`~pspnet.models.decoders.SkipDecoder` of ``channels // 2`` (256 after the paper's 512, DeepLab v3+'s
+    ratio of decoder to head width) in place of PSPHead's dropout and classifier.
+    """
+
+    def __init__(
+        self,
+        low_channels: int,
+        in_channels: int,
+        num_classes: int,
+        *,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        channels: int = 512,
+        dropout: float = 0.1,
+        align_corners: bool = True,
+        ppm: bool = True,
+    ):
+        super().__init__()
+        pool = PyramidPoolingModule(in_channels, bins=bins, align_corners=align_corners) if ppm else None
+        self.ppm = pool if pool is not None else nn.Identity()
+        self.bottleneck = conv_bn_relu(pool.out_channels if pool else in_channels, channels, 3)
+        self.decoder = SkipDecoder(
+            channels,
+            low_channels,
+            num_classes,
+            channels=max(channels // 2, 1),
+            dropout=dropout,
+            align_corners=align_corners,
+        )
+
+    def forward(self, low: Tensor, x: Tensor) -> Tensor:
+        return self.decoder(self.bottleneck(self.ppm(x)), low)
+
+
+class PSPNet(SegmentationNetwork):
     """Pyramid Scene Parsing Network (Zhao et al., CVPR 2017).
 
-    ``forward(x)`` takes normalised images ``(N, 3, H, W)`` of any size and batch size.
-
-    - eval mode (or ``aux=False``): returns logits ``(N, num_classes, H, W)``;
-    - training mode with ``aux=True``: returns ``(logits, aux_logits)``, both ``(N, num_classes, H, W)``;
-      the auxiliary head reads layer3 and is weighted 0.4 in the loss (see :mod:`pspnet.engine.losses`).
+    ``forward(x)`` as :class:`~pspnet.models.network.SegmentationNetwork`: normalised images ``(N, 3, H, W)`` of any
+    size to logits ``(N, num_classes, H, W)``, plus the aux head's logits in training (weight 0.4 in the loss).
 
     The arguments are the fields of :class:`pspnet.models.config.ModelConfig`; the defaults are the official PSPNet50.
     ``align_corners=True`` is the official code's bilinear upsampling; mmsegmentation uses False.
+    ``skip_decoder=True`` adds DeepLab v3+'s stride-4 decoder after the head (:class:`PSPSkipHead`; not the paper's
+    network).
     """
 
     def __init__(
@@ -52,90 +86,43 @@ class PSPNet(nn.Module):
         dropout: float = 0.1,
         align_corners: bool = True,
         ppm: bool = True,
+        skip_decoder: bool = False,
     ):
-        super().__init__()
-        self.config = ModelConfig(
-            num_classes=num_classes,
-            depth=depth,
-            stem=stem,
-            output_stride=output_stride,
-            contract_dilation=contract_dilation,
-            bins=tuple(bins),
-            head_channels=head_channels,
-            aux=aux,
-            aux_channels=aux_channels,
-            dropout=dropout,
-            align_corners=align_corners,
-            ppm=ppm,
+        super().__init__(
+            ModelConfig(
+                num_classes=num_classes,
+                architecture="pspnet",
+                depth=depth,
+                stem=stem,
+                output_stride=output_stride,
+                contract_dilation=contract_dilation,
+                bins=tuple(bins),
+                head_channels=head_channels,
+                aux=aux,
+                aux_channels=aux_channels,
+                dropout=dropout,
+                align_corners=align_corners,
+                ppm=ppm,
+                skip_decoder=skip_decoder,
+            )
         )
-        check_model_config(self.config, "PSPNet")  # a ConfigError (a ValueError) naming the field, before any layer
-        self.align_corners = align_corners
-        self.backbone = ResNet(depth=depth, stem=stem, output_stride=output_stride, contract_dilation=contract_dilation)
+
+    def _make_head(self) -> nn.Module:
+        c = self.config
         channels = self.backbone.channels
-        self.decode_head = PSPHead(
-            channels[3],
-            num_classes,
-            bins=bins,
-            channels=head_channels,
-            dropout=dropout,
-            align_corners=align_corners,
-            ppm=ppm,
-        )
-        self.aux_head = FCNHead(channels[2], num_classes, channels=aux_channels, dropout=dropout) if aux else None
-        # Set by pspnet.load_model from the model file (classes, palette, normalisation, ...), and by training.
-        self.card: ModelCard | None = None
-        self.inference_only = False  # set by fold_batchnorm: the BatchNorm layers are gone
+        options = {
+            "bins": c.bins,
+            "channels": c.head_channels,
+            "dropout": c.dropout,
+            "align_corners": c.align_corners,
+            "ppm": c.ppm,
+        }
+        if c.skip_decoder:
+            return PSPSkipHead(channels[0], channels[3], c.num_classes, **options)
+        return PSPHead(channels[3], c.num_classes, **options)
 
-    def fold_batchnorm(self) -> PSPNet:
-        """Fold every BatchNorm into its convolution for inference (:func:`pspnet.models.fold.fold_batchnorm`), in
-        place, and switch to eval mode; returns the model. It computes the same logits to float rounding, faster,
-        and can no longer train or be saved: :meth:`train` refuses. Load the file again to fine-tune."""
-        if not self.inference_only:
-            fold_batchnorm(self)
-            self.inference_only = True
-        return self.eval()
-
-    def train(self, mode: bool = True) -> PSPNet:
-        """``nn.Module.train``; refused (RuntimeError) for a model whose BatchNorm was folded for inference."""
-        if mode and self.inference_only:
-            raise RuntimeError("this PSPNet's BatchNorm was folded for inference; load the model again to train it")
-        return super().train(mode)
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """The model card as the plain dict a model file stores (``{}`` without a card); read-only, a copy."""
-        return self.card.to_dict() if self.card is not None else {}
-
-    def _upsample(self, logits: Tensor, size: Sequence[int]) -> Tensor:
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
-
-    def forward(self, x: Tensor, *, upsample: bool = True) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits for normalised images ``x`` (N, 3, H, W), at (H, W); with ``upsample=False`` at the features'
-        resolution (H/8, W/8 at output stride 8), before the final bilinear upsampling: training passes those to
-        :func:`pspnet.engine.losses.loss_sum`, which upsamples inside the loss (``align_corners`` as this model)
-        without making the full-size logits."""
-        size = x.shape[-2:]
-        _c1, _c2, c3, c4 = self.backbone(x)  # c3: (N, 1024, H/8, W/8), c4: (N, 2048, H/8, W/8) for ResNet-50 OS 8
-        logits = self.decode_head(c4)  # (N, K, H/8, W/8)
-        if upsample:
-            logits = self._upsample(logits, size)  # (N, K, H, W)
-        if self.training and self.aux_head is not None:
-            aux = self.aux_head(c3)
-            return logits, self._upsample(aux, size) if upsample else aux
-        return logits
-
-
-def build_model(config: ModelConfig) -> PSPNet:
-    """A randomly initialised PSPNet from a :class:`ModelConfig` (a model file's, a training run's)."""
-    return PSPNet(**dataclasses.asdict(config))
-
-
-# The models by name, for code that picks one by a string (``pspnet info``): ``MODELS["pspnet101"](num_classes=19)``
-# is the official PSPNet101 (deep stem, output stride 8, aux head); every keyword of PSPNet may be passed.
-MODELS: dict[str, Callable[..., PSPNet]] = {
-    f"pspnet{depth}": partial(PSPNet, depth=depth) for depth in (18, 34, 50, 101, 152)
-}
+    def _decode(self, features: list[Tensor], size: Sequence[int]) -> Tensor:
+        c1, _c2, _c3, c4 = features  # c4: (N, 2048, H/8, W/8) for ResNet-50 at output stride 8
+        if self.config.skip_decoder:
+            return self.decode_head(c1, c4)  # (N, K, H/4, W/4)
+        return self.decode_head(c4)  # (N, K, H/8, W/8)

@@ -210,9 +210,12 @@ class ResNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.stem(x))  # (N, stem_channels, H/4, W/4)
-        features = []
+    def forward(self, x: Tensor, *, with_stem: bool = False) -> list[Tensor]:
+        """``[c1, c2, c3, c4]``; with ``with_stem=True`` ``[c0, c1, c2, c3, c4]``, where c0 is the stem's output
+        before the max-pool, ``(N, STEMS[stem][-1], ceil(H / 2), ceil(W / 2))`` (U-Net's finest skip)."""
+        stem = self.stem(x)  # (N, stem_channels, H/2, W/2)
+        x = self.maxpool(stem)  # (N, stem_channels, H/4, W/4)
+        features = [stem] if with_stem else []
         for index in range(1, 5):
             x = getattr(self, f"layer{index}")(x)
             features.append(x)

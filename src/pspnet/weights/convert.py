@@ -31,8 +31,8 @@ from torch import Tensor
 
 from ..data.classes import DATASETS, dataset_for_classes
 from ..errors import ConversionError
+from ..models.build import build_model
 from ..models.config import ModelConfig
-from ..models.pspnet import build_model
 from ..models.resnet import STAGE_BLOCKS, STEMS, ResNet
 from .model_file import FORMAT_VERSION, key_mismatches, make_card, write_model_file, write_weights_file
 

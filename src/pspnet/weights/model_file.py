@@ -33,9 +33,10 @@ from ..atomic import atomic_open
 from ..constants import IMAGENET_MEAN, IMAGENET_STD, MAX_CLASSES, __version__
 from ..data.classes import DATASETS, DatasetInfo, default_palette
 from ..errors import CheckpointError
+from ..models.build import build_model
 from ..models.card import ModelCard
 from ..models.config import ModelConfig
-from ..models.pspnet import PSPNet, build_model
+from ..models.network import SegmentationNetwork
 from ..models.resnet import ResNet
 from ..parsing import is_int, is_rgb, metadata_error, shown
 
@@ -175,7 +176,7 @@ def write_weights_file(path: str | os.PathLike[str], tensors: Mapping[str, Tenso
     return _write(path, tensors, meta)
 
 
-def save_model(model: PSPNet, path: str | os.PathLike[str], *, card: ModelCard | None = None) -> Path:
+def save_model(model: SegmentationNetwork, path: str | os.PathLike[str], *, card: ModelCard | None = None) -> Path:
     """Save ``model`` as a model file. ``card`` defaults to ``model.card``, else :func:`make_card` of its config.
 
     The card's ``config`` is always the model's own. The file is checked with :func:`validate_model_file` before it
@@ -386,7 +387,7 @@ def validate_model_file(
     return card, check_tensors(path, tensors, expected)
 
 
-def load_model_file(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> PSPNet:
+def load_model_file(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SegmentationNetwork:
     """Load a model file and return the model in eval mode, its card in ``model.card``.
 
     The file is checked by :func:`read_weights_file` (readable, checksum) and :func:`validate_model_file` (every

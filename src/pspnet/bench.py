@@ -55,7 +55,7 @@ from .engine.train import StepSettings, param_groups, train_step
 from .errors import show_warning_line
 from .inference import PRECISIONS, InferenceSettings, cpu_flags, infer_proba, native_bf16, resolve_precision
 from .models.build import build_model
-from .models.config import ModelConfig
+from .models.config import ARCHITECTURES, ModelConfig
 from .models.network import SegmentationNetwork
 from .segmenter import Segmenter, prepare_for_inference
 
@@ -751,6 +751,7 @@ def run_bench(
         "machine": {**machine_info(device), "precision_asked": precision, "precision": chosen, "precision_why": why},
         "model": {
             "name": name,
+            "architecture": model.config.architecture,
             "depth": model.config.depth,
             "num_classes": model.num_classes,
             "output_stride": model.config.output_stride,
@@ -829,7 +830,8 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
         device = f"{machine['device']} {machine['gpu']} (CUDA {machine['cuda']}; fp32 convolutions {tf32})"
     else:
         device = machine["device"]
-    name = model["name"] or f"PSPNet on ResNet-{model['depth']}"
+    title = ARCHITECTURES[model.get("architecture", "pspnet")].title
+    name = model["name"] or f"{title} on ResNet-{model['depth']}"
     load = machine["load_average"]
     versions = (
         f"torch {machine['torch']}, Python {machine['python']}, {machine['threads']} threads, "

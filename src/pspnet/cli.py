@@ -28,9 +28,10 @@ from .constants import __version__
 from .data.classes import DATASETS
 from .data.cli_data import add_data_commands, positive_int
 from .data.datasets import DATASET_READERS
-from .errors import InputError, TrainingStopped, show_warning_line
+from .errors import ConfigError, InputError, TrainingStopped, show_warning_line
 from .inference import DEFAULT_MAX_PIXELS, MODES, PRECISION_CHOICES
-from .models.build import MODELS
+from .models.build import MODELS, NETWORKS, build_model
+from .models.config import ARCHITECTURES, ModelConfig, check_model_config
 from .models.resnet import STEMS
 from .weights.convert import SOURCES
 
@@ -42,16 +43,30 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .introspect import summarize
 
     height, width = args.size
+    architecture = next(a for a in NETWORKS if args.model.removeprefix(a).isdigit())
+    config = ModelConfig(
+        num_classes=args.classes,
+        architecture=architecture,
+        depth=int(args.model.removeprefix(architecture)),
+        stem=args.stem,
+        output_stride=args.output_stride,
+        aux=not args.no_aux,
+        skip_decoder=args.skip_decoder,
+    )
+    try:
+        check_model_config(config, "", prefix="--")
+    except ConfigError as error:  # name the option as typed: "--output-stride must be 32 for unet ..."
+        raise ConfigError(str(error).replace("--output_stride", "--output-stride").replace("_", "-", 1)) from None
     with torch.device("meta"):
-        model = MODELS[args.model](
-            num_classes=args.classes, output_stride=args.output_stride, stem=args.stem, aux=not args.no_aux
-        )
+        model = build_model(config)
     summary = summarize(model, height, width)
     c = model.config
     stem = "-".join(str(w) for w in STEMS[c.stem])
+    head = f", bins {'-'.join(map(str, c.bins))}" if architecture == "pspnet" else ""
+    head += " + stride-4 skip decoder" if c.skip_decoder else ""
     print(
-        f"{args.model}: PSPNet on ResNet-{c.depth} ({c.stem} stem {stem}), output stride {c.output_stride}, "
-        f"bins {'-'.join(map(str, c.bins))}, {c.num_classes} classes, align_corners={c.align_corners}"
+        f"{args.model}: {ARCHITECTURES[architecture].title} on ResNet-{c.depth} ({c.stem} stem {stem}), output "
+        f"stride {c.output_stride}{head}, {c.num_classes} classes, align_corners={c.align_corners}"
     )
     print("\nTrainable parameters (BatchNorm buffers excluded):")
     for part, count in summary.parameters_by_part.items():
@@ -572,7 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print trainable parameters, FLOPs (2 x multiply-adds, counted on the meta device: no weights "
         "are allocated), output stride and the feature shape of every stage for one input size.",
     )
-    info.add_argument("--model", choices=sorted(MODELS), default="pspnet50", help="model name (default: pspnet50)")
+    info.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="pspnet50",
+        metavar="NAME",
+        help="architecture and ResNet depth: pspnetD, deeplabv3plusD or unetD with D in 18, 34, 50, 101, 152 "
+        "(default: pspnet50)",
+    )
     info.add_argument(
         "--size",
         nargs=2,
@@ -582,9 +604,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size (default: 473 473)",
     )
     info.add_argument("--classes", type=positive_int, default=150, help="number of classes (default: 150, ADE20K)")
-    info.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=8, help="output stride (default: 8)")
+    info.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(8, 16, 32),
+        help="output stride (default: the architecture's: 8, U-Net 32)",
+    )
     info.add_argument("--stem", choices=sorted(STEMS), default="deep", help="ResNet stem (default: deep, official)")
     info.add_argument("--no-aux", action="store_true", help="build without the auxiliary head")
+    info.add_argument(
+        "--skip-decoder",
+        action="store_true",
+        help="PSPNet only: add DeepLab v3+'s stride-4 decoder after the pyramid pooling head",
+    )
     info.set_defaults(func=_cmd_info)
 
     bench = commands.add_parser(

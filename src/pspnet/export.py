@@ -46,6 +46,7 @@ from .atomic import temporary_beside
 from .errors import ExportError
 from .inference import normalize
 from .models.card import ModelCard
+from .models.config import ARCHITECTURES
 from .models.network import SegmentationNetwork
 from .segmenter import prepare_for_inference
 from .weights.exported import (
@@ -389,7 +390,7 @@ def _rename_dims(proto: Any, names: Mapping[str, str]) -> None:
 
 def _doc_string(meta: Mapping[str, str], card: ModelCard) -> str:
     return (
-        f"PSPNet semantic segmentation, {card.num_classes} classes, exported by {meta['exported_by']}. "
+        f"{ARCHITECTURES[card.config.architecture].title} semantic segmentation, {card.num_classes} classes, exported by {meta['exported_by']}. "
         f"Input 'image': {INPUT_KINDS[meta['input']]}; output '{meta['output']}': {OUTPUT_KINDS[meta['output']]}. "
         "metadata_props hold the classes, palette, normalisation, crop and base size and the architecture (JSON)."
     )

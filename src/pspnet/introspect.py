@@ -16,7 +16,7 @@ __all__ = ["ModelSummary", "summarize"]
 
 @dataclass
 class ModelSummary:
-    """Counts and shapes of one forward pass of a PSPNet in eval mode at batch 1.
+    """Counts and shapes of one forward pass of a model (any architecture) in eval mode at batch 1.
 
     ``flops`` are floating-point operations as counted by ``torch.utils.flop_counter``: 2 x multiply-adds of the
     convolutions and matrix products (element-wise ops, pooling and interpolation are not counted).
@@ -30,6 +30,19 @@ class ModelSummary:
     shapes: list[tuple[str, tuple[int, ...], int]]  # (name, shape, nominal reduction; sides are ceil(H / r))
 
 
+def _head_stages(model: SegmentationNetwork) -> list[tuple[str, nn.Module, int]]:
+    """The head's parts worth a shape line: (name, module, nominal reduction of its output)."""
+    head, config, r4 = model.decode_head, model.config, model.backbone.reductions[3]
+    if config.architecture == "unet":
+        return [(f"decoder block {i + 1}", block, 2 ** (4 - i)) for i, block in enumerate(head.blocks)]
+    if config.architecture == "deeplabv3plus":
+        return [("ASPP (projected)", head.aspp, r4), ("head logits", head, 4)]
+    stages = [("pyramid pooling (concat)", head.ppm, r4)] if config.ppm else []
+    if config.skip_decoder:
+        return [*stages, ("PSP head (3x3 conv)", head.bottleneck, r4), ("head logits", head, 4)]
+    return [*stages, ("head logits", head, r4)]
+
+
 def summarize(model: SegmentationNetwork, height: int, width: int) -> ModelSummary:
     """Summarise ``model`` (ideally built under ``torch.device("meta")``) for a ``(1, 3, height, width)`` input."""
     parts = {"backbone": model.backbone, "decode_head": model.decode_head}
@@ -41,10 +54,7 @@ def summarize(model: SegmentationNetwork, height: int, width: int) -> ModelSumma
     reductions = model.backbone.reductions
     watched: list[tuple[str, nn.Module, int]] = [("stem + maxpool", model.backbone.maxpool, 4)]
     watched += [(f"layer{i}", getattr(model.backbone, f"layer{i}"), reductions[i - 1]) for i in range(1, 5)]
-    watched += [
-        ("pyramid pooling (concat)", model.decode_head.ppm, reductions[3]),
-        ("head logits", model.decode_head, reductions[3]),
-    ]
+    watched += _head_stages(model)
     shapes: list[tuple[str, tuple[int, ...], int]] = []
 
     def hook(name: str, reduction: int):
@@ -64,7 +74,7 @@ def summarize(model: SegmentationNetwork, height: int, width: int) -> ModelSumma
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    shapes.append(("output (upsampled)", tuple(out.shape), 1))
+    shapes.append(("output" if model.decodes_to_input else "output (upsampled)", tuple(out.shape), 1))
     counts = counter.get_flop_counts()
     flops_by_part = {
         name: int(sum(counts.get(f"{type(model).__name__}.{name}", {}).values()))

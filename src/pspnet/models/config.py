@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..constants import MAX_CLASSES
 from ..errors import ConfigError
 from ..parsing import is_int, is_number, shown
 from .resnet import STAGE_BLOCKS, STEMS
 
-__all__ = ["ARCHITECTURES", "BIN_COUNTS", "MAX_BIN", "MAX_CHANNELS", "ModelConfig", "check_model_config"]
+__all__ = [
+    "ARCHITECTURES",
+    "BIN_COUNTS",
+    "MAX_BIN",
+    "MAX_CHANNELS",
+    "Architecture",
+    "ModelConfig",
+    "check_model_config",
+]
 
 # Bounds of the model fields. The pyramid's branches share layer4's 512 or 2048 channels equally; a bin finer than
 # the feature map only repeats its pixels (128 = a 1024-pixel side at output stride 8); no published head is wider
@@ -21,13 +29,23 @@ BIN_COUNTS = (1, 2, 4, 8)
 MAX_BIN = 128
 MAX_CHANNELS = 8192
 
-# architecture -> (its default head_channels, its default output_stride, the output strides it allows). What
-# head_channels means differs: PSPNet's 3x3 conv after the pyramid (paper: 512), DeepLab v3+'s ASPP and decoder
-# width (paper: 256), U-Net's first decoder block, halved by each of the next four (256-128-64-32-16).
-ARCHITECTURES: dict[str, tuple[int, int, tuple[int, ...]]] = {
-    "pspnet": (512, 8, (8, 16, 32)),
-    "deeplabv3plus": (256, 8, (8, 16)),
-    "unet": (256, 32, (32,)),
+
+class Architecture(NamedTuple):
+    """What a ModelConfig's ``architecture`` brings: its name for people, the defaults of the fields left as None,
+    and the output strides it allows. ``head_channels`` means: PSPNet's 3x3 conv after the pyramid (paper: 512),
+    DeepLab v3+'s ASPP and decoder width (paper: 256), U-Net's first decoder block, halved by each of the next four
+    (256-128-64-32-16)."""
+
+    title: str
+    head_channels: int
+    output_stride: int
+    output_strides: tuple[int, ...]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "pspnet": Architecture("PSPNet", 512, 8, (8, 16, 32)),
+    "deeplabv3plus": Architecture("DeepLab v3+", 256, 8, (8, 16)),
+    "unet": Architecture("U-Net", 256, 32, (32,)),
 }
 # The fields that only PSPNet has, with the value every other architecture must keep.
 PSPNET_ONLY: dict[str, Any] = {"bins": (1, 2, 3, 6), "ppm": True, "skip_decoder": False}
@@ -62,12 +80,12 @@ class ModelConfig:
     skip_decoder: bool = False  # PSPNet + DeepLab v3+'s stride-4 decoder after its head (not in the paper)
 
     def __post_init__(self) -> None:
-        defaults = ARCHITECTURES.get(self.architecture) if isinstance(self.architecture, str) else None
-        if defaults is not None:  # an unknown architecture is refused by check_model_config, naming the field
+        known = ARCHITECTURES.get(self.architecture) if isinstance(self.architecture, str) else None
+        if known is not None:  # an unknown architecture is refused by check_model_config, naming the field
             if self.head_channels is None:
-                object.__setattr__(self, "head_channels", defaults[0])
+                object.__setattr__(self, "head_channels", known.head_channels)
             if self.output_stride is None:
-                object.__setattr__(self, "output_stride", defaults[1])
+                object.__setattr__(self, "output_stride", known.output_stride)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-able values (``bins`` as a list)."""
@@ -133,7 +151,7 @@ def check_model_config(config: ModelConfig, where: str, *, prefix: str = "", cla
 def _check_architecture_fields(config: ModelConfig, at: str) -> None:
     """The fields whose range depends on the architecture (all fields already have their types)."""
     architecture = config.architecture
-    strides = ARCHITECTURES[architecture][2]
+    strides = ARCHITECTURES[architecture].output_strides
     if config.output_stride not in strides:
         allowed = " or ".join(map(str, strides))
         why = " (U-Net has no dilation)" if architecture == "unet" else ""

@@ -12,7 +12,10 @@ from .errors import CheckpointError, ConfigError, ConversionError, DataError
 from .models.build import MODELS, build_model
 from .models.card import ModelCard
 from .models.config import ModelConfig
+from .models.deeplab import DeepLabV3Plus
+from .models.network import SegmentationNetwork
 from .models.pspnet import PSPNet
+from .models.unet import UNet
 from .runs import load_model
 from .segmenter import Segmenter
 from .weights.model_file import make_card, save_model
@@ -23,10 +26,13 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "DataError",
+    "DeepLabV3Plus",
     "ModelCard",
     "ModelConfig",
     "PSPNet",
+    "SegmentationNetwork",
     "Segmenter",
+    "UNet",
     "__version__",
     "build_model",
     "load_model",

@@ -394,3 +394,23 @@ def test_ddp_two_processes_equal_one_process_accumulating(variant, data_root, tm
     assert [r["loss"] for r in train_records(tmp_path / "ddp")] == [
         r["loss"] for r in train_records(tmp_path / "single")
     ]
+
+
+@pytest.mark.parametrize(
+    "overrides, architecture",
+    [
+        ([], "pspnet"),
+        (["ppm=false"], "pspnet"),
+        (["skip_decoder=true"], "pspnet"),
+        (["architecture=deeplabv3plus"], "deeplabv3plus"),
+        (["architecture=unet"], "unet"),
+    ],
+)
+def test_the_gpu_comparison_config_takes_each_architecture_as_its_comment_says(overrides, architecture):
+    path = Path(__file__).resolve().parents[1] / "configs" / "camvid_compare_r50_gpu.yaml"
+    assert all(f"--set {o}" in path.read_text() for o in overrides)
+    config = load_train_config(str(path), overrides)
+    assert config.model.architecture == architecture and config.model.depth == 50
+    with torch.device("meta"):
+        model = build_model(config.model_config(11))
+    assert type(model) is NETWORKS[architecture]

@@ -142,9 +142,9 @@ def test_model_files_record_the_architecture_and_files_from_before_it_load_as_ps
 # -- the modules against independent computations -----------------------------------------------------------------
 
 
-def _conv_bn_relu64(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """conv + eval-mode BN + ReLU written from their definitions, in float64."""
-    conv, bn = block[0], block[1]
+def _conv_bn_relu64(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv + eval-mode BN + ReLU (a conv_bn_relu Sequential or a PooledBranch) from their definitions, in float64."""
+    conv, bn = (block[0], block[1]) if isinstance(block, nn.Sequential) else (block.conv, block.bn)
     y = F.conv2d(x, conv.weight.double(), None, padding=conv.padding, dilation=conv.dilation)
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     y = (y - bn.running_mean.double().view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1)
@@ -243,6 +243,18 @@ def test_every_parameter_learns_from_the_loss(variant):
     (main.square().mean() + aux.square().mean()).backward()
     silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert silent == []
+
+
+def test_a_training_batch_of_one_image_uses_the_image_poolings_running_statistics():
+    model = tiny("deeplabv3plus", 3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="ASPP image pooling: a training batch of one image"):
+        main, aux = model(torch.randn(1, 3, 45, 45))
+    (main.square().mean() + aux.square().mean()).backward()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "decode_head.aspp.image_pool.bn.running_mean" not in changed  # read, not updated
+    assert "decode_head.aspp.branches.0.1.running_mean" in changed  # the other branches see 45 x 45 / 8^2 pixels
+    assert model.decode_head.aspp.image_pool.conv.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

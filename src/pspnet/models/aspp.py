@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import conv_bn_relu
+from .layers import PooledBranch, conv_bn_relu
 
 __all__ = ["ASPP", "aspp_rates"]
 
@@ -35,7 +35,7 @@ class ASPP(nn.Module):
             [conv_bn_relu(in_channels, channels, 1)]
             + [conv_bn_relu(in_channels, channels, 3, dilation=rate) for rate in self.rates]
         )
-        self.image_pool = conv_bn_relu(in_channels, channels, 1)
+        self.image_pool = PooledBranch(in_channels, channels, what="ASPP image pooling")
         self.project = conv_bn_relu(channels * (len(self.rates) + 2), channels, 1)
         self.out_channels = channels
 

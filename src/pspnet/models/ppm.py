@@ -9,12 +9,13 @@ the half-open range [floor(i * L / b), ceil((i + 1) * L / b)). The rectangle ave
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .layers import PooledBranch
 
 __all__ = ["PyramidPoolingModule", "adaptive_avg_pool2d", "pool_pyramid"]
 
@@ -56,35 +57,6 @@ def adaptive_avg_pool2d(x: Tensor, bins: int) -> Tensor:
     return pool_pyramid(x, [bins])[0]
 
 
-class _Branch(nn.Module):
-    """1x1 conv -> BN -> ReLU applied to one pooled grid."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self._warned = False
-
-    def forward(self, pooled: Tensor) -> Tensor:
-        y = self.conv(pooled)  # (N, C', b, b)
-        if self.training and y.shape[0] * y.shape[2] * y.shape[3] == 1 and not isinstance(self.bn, nn.SyncBatchNorm):
-            # A batch of one image pooled to 1x1 gives BatchNorm a single value per channel: it cannot compute
-            # batch statistics (PyTorch raises). Normalise with the running statistics for this batch instead.
-            if not self._warned:
-                warnings.warn(
-                    "PSPNet pyramid pooling: a training batch of one image leaves the 1x1 branch's BatchNorm a single "
-                    "value per channel; it uses its running statistics for such batches (warned once).",
-                    stacklevel=2,
-                )
-                self._warned = True
-            bn = self.bn
-            y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-        else:
-            y = self.bn(y)
-        return self.relu(y)
-
-
 class PyramidPoolingModule(nn.Module):
     """Pool to each grid in ``bins``, reduce to ``in_channels // len(bins)`` channels, upsample, concatenate.
 
@@ -102,7 +74,7 @@ class PyramidPoolingModule(nn.Module):
         self.align_corners = align_corners
         self.branch_channels = in_channels // len(self.bins)
         self.out_channels = in_channels + self.branch_channels * len(self.bins)
-        self.branches = nn.ModuleList(_Branch(in_channels, self.branch_channels) for _ in self.bins)
+        self.branches = nn.ModuleList(PooledBranch(in_channels, self.branch_channels) for _ in self.bins)
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]

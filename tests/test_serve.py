@@ -258,7 +258,7 @@ def test_full_queue_is_503_with_retry_after_and_equal_sizes_share_a_batch(segmen
         assert fake.batches == [1, 2, 1]  # the two 40x56 images in one batch, the 32x32 one alone
 
 
-def test_a_request_that_times_out_frees_its_slot(segmenter):
+def test_a_request_that_times_out_is_504_and_frees_its_slot(segmenter):
     fake = BlockingSegmenter(segmenter)
     app = create_app(fake, ServeConfig(batch=1, queue=1, timeout=0.5))
     worker = app.state.worker
@@ -267,12 +267,18 @@ def test_a_request_that_times_out_frees_its_slot(segmenter):
         first = background_post(client, encoded(photo()), answers)
         wait_until(lambda: worker.busy)
         late = client.post("/v1/segment", content=encoded(photo()))  # queued, then gives up after 0.5 s
-        assert late.status_code == 503 and "no answer within" in late.json()["error"]
+        assert late.status_code == 504 and late.json() == {
+            "error": "no answer within 0.5 s (the server's --timeout); the image waited in the queue and was not "
+            "computed",
+            "status": 504,
+        }
         assert worker.depth == 0  # its slot is free again...
         again = client.post("/v1/segment", content=encoded(photo()))
-        assert "no answer within" in again.json()["error"]  # ...so the next one is queued, not refused as full
+        assert again.status_code == 504  # ...so the next one is queued (and times out), not refused as full (503)
         first.join(20)
-        assert answers[0].status_code == 503  # the one in the worker timed out too
+        assert answers[0].status_code == 504  # the one in the worker timed out too
+        assert "was being computed" in answers[0].json()["error"]
+        assert 'pspnet_http_requests_total{path="/v1/segment",status="504"} 3.0' in client.get("/metrics").text
         fake.release.set()
         wait_until(lambda: not worker.busy and worker.depth == 0)
         fake.release.clear()

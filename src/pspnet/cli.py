@@ -952,7 +952,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         type=_positive_float,
         default=30.0,
         metavar="S",
-        help="seconds a request waits for its answer before a 503; its queue slot is freed (default: 30)",
+        help="seconds a request waits for its answer before a 504; its queue slot is freed (default: 30)",
     )
     se.add_argument(
         "--precision",

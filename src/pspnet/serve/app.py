@@ -66,7 +66,7 @@ _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 class ServeConfig:
     """The server's limits. ``max_bytes``: largest request body (bytes); ``batch``: most images of one size in
     one forward pass; ``queue``: most images waiting; ``timeout``: seconds a request waits for its labels before a
-    503; ``retry_after``: seconds a 503 asks the client to wait. The pixel limit is the segmenter's
+    504; ``retry_after``: seconds a 503 (full queue, shutting down) asks the client to wait. The pixel limit is the segmenter's
     (``InferenceSettings.max_pixels``)."""
 
     max_bytes: int = 20 * 2**20
@@ -229,9 +229,14 @@ def create_app(segmenter: Segmenter, config: ServeConfig | None = None) -> Starl
         try:
             labels = await asyncio.wait_for(asyncio.wrap_future(job.future), config.timeout)
         except TimeoutError:
-            raise HTTPProblem(503, f"no answer within {config.timeout:g} s; retry later", headers=retry) from None
-        finally:
-            worker.forget(job)  # frees the slot of a request that gave up; nothing for a finished one
+            # frees the slot of an image still waiting; one being computed finishes and its labels are dropped
+            where = "waited in the queue and was not computed" if worker.forget(job) else "was being computed"
+            raise HTTPProblem(
+                504, f"no answer within {config.timeout:g} s (the server's --timeout); the image {where}"
+            ) from None
+        except BaseException:  # cancelled (the client left) or the forward pass failed: free a waiting image's slot
+            worker.forget(job)
+            raise
         metrics.images.inc()
         if options.format == "json":
             summary = await run_in_threadpool(segment_summary, labels, segmenter.classes, segmenter.palette)

@@ -928,9 +928,9 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         "PNG, or with ?format=overlay a JPEG overlay (&alpha=0.5); &mode=auto|whole|slide, &scales=1,1.5 and "
         "&flip=true change the test protocol per request. GET /v1/model: classes, palette, normalisation, "
         "architecture; GET /healthz; GET /metrics (Prometheus text); GET /: a page to try it. Answers 413 above "
-        "--max-bytes or --max-pixels, 415 for what is not an image, 422 for bad parameters, 503 with Retry-After "
-        "when the queue is full or a request waited --timeout seconds. SIGTERM or Ctrl-C: stop accepting, finish "
-        "the queued images, exit.",
+        "--max-bytes or --max-pixels, 415 for what is not an image, 422 for bad parameters or a missing image, 400 "
+        "for a malformed multipart body or a body cut short, 503 with Retry-After when the queue is full, 504 when a "
+        "request waited --timeout seconds. SIGTERM or Ctrl-C: stop accepting, finish the queued images, exit.",
     )
     se.add_argument("model", metavar="MODEL", help="model file (.safetensors) or training run directory")
     se.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")

@@ -394,6 +394,36 @@ def test_fp16_normalized_input_and_labels_equal_eager_where_clearly_decided(tmp_
     assert (got == logits.argmax(axis=1))[decided].all()
 
 
+def test_fp16_storage_emulation_rounds_every_float16_tensor_and_names_what_it_cannot_type():
+    """x (float32) -> Cast to float16 -> Add a float16 constant -> Cast to float32: the emulated copy gives numpy's
+    float16 arithmetic, rounding and overflow included."""
+    helper, tp = onnx.helper, onnx.TensorProto
+    constant = onnx.numpy_helper.from_array(np.array([1000.0, 0.5, 60000.0, 3.0], np.float16), "c")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["x16"], to=tp.FLOAT16),
+            helper.make_node("Add", ["x16", "c"], ["y16"]),
+            helper.make_node("Cast", ["y16"], ["y"], to=tp.FLOAT),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", tp.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", tp.FLOAT, [4])],
+        [constant],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    x = np.array([0.4, 1.0001, 10000.0, 2049.0], np.float32)
+    with np.errstate(over="ignore"):  # 10000 + 60000 is beyond float16's 65504
+        expected = (x.astype(np.float16) + onnx.numpy_helper.to_array(constant)).astype(np.float32)
+    assert list(expected) == [1000.5, 1.5, np.inf, 2052.0]  # float32 arithmetic would give 1000.4, 1.5001, 70000, 2052
+    (got,) = _session(fp16_storage_emulated(proto).SerializeToString(), optimize=False).run(None, {"x": x})
+    np.testing.assert_array_equal(got, expected)
+    unknown = copy.deepcopy(proto)
+    unknown.graph.node[1].domain = "an.unknown.domain"  # shape inference cannot type its output
+    unknown.opset_import.append(helper.make_opsetid("an.unknown.domain", 1))
+    with pytest.raises(ExportError, match=r"^m\.onnx: cannot emulate float16 storage: the type of 'y16' \(Add\)"):
+        fp16_storage_emulated(unknown, where="m.onnx")
+
+
 def test_fp16_overflow_fails_the_check_and_nothing_lands(tmp_path, model):
     """Logits beyond float16's largest number (65,504) are inf in any float16 runtime. ONNX Runtime's CPU provider
     computes this graph's arithmetic in float32 and may not show it; the emulated float16 storage does."""

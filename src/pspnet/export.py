@@ -369,7 +369,7 @@ def _compare(
     )
 
 
-def fp16_storage_emulated(proto: Any) -> Any:
+def fp16_storage_emulated(proto: Any, *, where: Any = "the ONNX model") -> Any:
     """A copy of the float16 ONNX model ``proto`` that runs in float32 but rounds every float16 tensor as the file
     stores it: float16 weights and constants become float32 (exactly), casts to float16 become casts to float32, and
     after every operator whose output is float16 a Cast to float16 and back rounds the output.
@@ -380,7 +380,8 @@ def fp16_storage_emulated(proto: Any) -> Any:
     as written runs with float16 weights but with nearly no float16 rounding of activations, and even a logit of
     190,000 (float16 tops out at 65,504) comes out finite. Run with graph optimisations off (ONNX Runtime would
     fold the Cast pairs away), this copy computes what a runtime that stores every tensor in float16 and sums in
-    float32 computes. An operator whose output type shape inference cannot tell is an ExportError, never skipped.
+    float32 computes. An operator whose output type shape inference cannot tell is an ExportError naming ``where``
+    (the file), never skipped.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -409,7 +410,9 @@ def fp16_storage_emulated(proto: Any) -> Any:
             if not name:
                 continue
             if name not in types:
-                raise ExportError(f"cannot emulate float16 storage: the type of {name!r} ({node.op_type}) is unknown")
+                raise ExportError(
+                    f"{where}: cannot emulate float16 storage: the type of {name!r} ({node.op_type}) is unknown"
+                )
             if types[name] == TensorProto.FLOAT16:
                 node.output[k] = f"{name}__float32"
                 nodes.append(
@@ -438,7 +441,7 @@ def _onnx_runner(
     proto = onnx.load(str(path))
     options = onnxruntime.SessionOptions()
     if emulate_fp16:
-        proto = fp16_storage_emulated(proto)
+        proto = fp16_storage_emulated(proto, where=path)
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     logits_name = None
     if output_kind != "logits":

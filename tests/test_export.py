@@ -4,7 +4,8 @@ its check never lands.
 Exports take seconds each, so one ONNX file per input/output combination is made once per module (the command line
 writes the default one) and several tests read it. ONNX Runtime has no float64 convolution: the files run in
 float32 and are compared with a float64 eager model within the network's float32 rounding bound
-(tests/rounding.py), and each bound is shown to have teeth against the mistake it is there to catch.
+(tests/rounding.py), and each bound is shown to have teeth against the mistake it is there to catch. A float16 file
+is compared within a bound derived from float16's unit roundoff, as written and with its float16 storage emulated.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import onnxruntime
 import pytest
 import torch
 from conftest import tiny_pspnet
-from rounding import network_rtol, probability_bound
+from rounding import network_rtol, probability_bound, unit_roundoff
 from torch import nn
 
 import pspnet
 from pspnet import export
 from pspnet.cli import main
 from pspnet.errors import ExportError
-from pspnet.export import CheckReport, SizeCheck, export_model, read_metadata
+from pspnet.export import CheckReport, SizeCheck, export_model, fp16_storage_emulated, read_metadata
 from pspnet.inference import normalize
+from pspnet.weights.exported import parse_metadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,10 +61,15 @@ def _eager64(model: nn.Module, images: np.ndarray, *, uint8: bool, mean=MEAN, st
         return copy.deepcopy(model).double()(x).numpy()
 
 
-def _session(path) -> onnxruntime.InferenceSession:
+def _session(path, *, optimize: bool = True) -> onnxruntime.InferenceSession:
+    """ONNX Runtime's CPU session of a file (or serialised model bytes), one thread; ``optimize=False`` turns graph
+    optimisations off (they would fold the Cast pairs of fp16_storage_emulated away)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if not optimize:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = path if isinstance(path, bytes) else str(path)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _images(n: int, h: int, w: int, seed: int = 1) -> np.ndarray:
@@ -219,6 +226,12 @@ def test_options_a_format_lacks_are_named(tmp_path, model):
         export_model(model, tmp_path / "m.pt", format="torchscript", opset=17)
     with pytest.raises(ExportError, match="^output_kind 'mask': choose one of logits, proba, labels"):
         export_model(model, tmp_path / "m.onnx", output_kind="mask")
+    with pytest.raises(ExportError, match="^precision 'bf16': choose one of fp32, fp16"):
+        export_model(model, tmp_path / "m.onnx", precision="bf16")
+    with pytest.raises(ExportError, match="^precision 'fp16': a float16 graph is written as ONNX"):
+        export_model(model, tmp_path / "m.pt", format="torchscript", precision="fp16")
+    with pytest.raises(ExportError, match="^precision 'fp16': a file is float16 .* or int8 .*, not both"):
+        export_model(model, tmp_path / "m.onnx", precision="fp16", calibration=_images(2, 33, 33))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -229,6 +242,8 @@ def test_command_line_usage_errors(tmp_path, model, capsys):
         (["--out", str(tmp_path / "m.pt")], "the onnx file must be named *.onnx"),
         (["--out", str(tmp_path / "there.onnx")], "exists; pass --force"),
         (["--out", str(tmp_path / "m.pt"), "--format", "torchscript", "--opset", "17"], "--opset is an ONNX setting"),
+        (["--out", str(tmp_path / "m.pt"), "--format", "torchscript", "--fp16"], "--format torchscript has no fp16"),
+        (["--out", str(tmp_path / "m.onnx"), "--fp16", "--int8", "--calib", str(tmp_path)], "choose one"),
     ]:
         assert main(["export", str(tmp_path / "m.safetensors"), *argv]) == 2
         assert message in capsys.readouterr().err
@@ -275,3 +290,155 @@ def test_the_guarantee_thresholds():
     assert not report(0.0, 0.9998).passed and "99.9800%" in report(0.0, 0.9998).problems()[0]
     assert not report(float("nan"), 1.0).passed
     assert report(None, 1.0).passed  # a labels file read by torch: labels only
+
+    def fp16(rdiff, agreement, decided):  # a float16 check: its own bound, only the clearly decided labels required
+        size = SizeCheck(1, 10, 10, rdiff, None, None, agreement, 100, "float16 emulated", 40, decided)
+        return CheckReport("r", (size,), logit_rtol=0.05, min_label_agreement=None)
+
+    assert fp16(0.05, 0.9, 1.0).passed  # near-ties may flip
+    assert not fp16(0.051, 1.0, 1.0).passed
+    problems = fp16(0.01, 0.99, 0.975).problems()
+    assert problems == [
+        "at 1x10x10 (float16 emulated) the labels differ on 2.5000% of the 40 clearly decided pixels (none may)"
+    ]
+    assert not fp16(float("nan"), 1.0, None).passed
+
+
+# -- float16 ---------------------------------------------------------------------------------------------------------
+
+
+def _fp16_bound(model: nn.Module) -> float:
+    """The float16 file's logit bound derived here, apart from pspnet.export: each convolution of the forward pass
+    (the aux head's excepted) rounds its input, weights and output to float16 and is followed by at most one more
+    rounding step (4 u, u = 2^-11), the layers' errors adding up; plus the float32 file's guarantee for the rest."""
+    convs = [m for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and not name.startswith("aux_head")]
+    return 4 * len(convs) * unit_roundoff(torch.float16) + export.LOGIT_RTOL
+
+
+@pytest.fixture(scope="module")
+def cli_fp16(tmp_path_factory, model):
+    """The float16 export (uint8 RGB in, logits out, dynamic sizes) written by the command line: (path, exit status,
+    stdout and stderr)."""
+    folder = tmp_path_factory.mktemp("fp16")
+    pspnet.save_model(model, folder / "model.safetensors")
+    out = folder / "model.onnx"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(["export", str(folder / "model.safetensors"), "--out", str(out), "--fp16"])
+    return out, status, stdout.getvalue() + stderr.getvalue()
+
+
+def test_fp16_file_is_float16_inside_with_the_ends_of_a_float32_file(cli_fp16, cli_export, model):
+    path, status, output = cli_fp16
+    assert status == 0, output
+    assert export.fp16_logit_rtol(model) == pytest.approx(_fp16_bound(model))  # 29 layers: 0.0567
+    rows = [line for line in output.splitlines() if "largest logit difference" in line]
+    assert len(rows) == 2 * len(export.CHECK_SIZES)  # each size as written and with float16 storage emulated
+    assert sum("(float16 emulated)" in row for row in rows) == len(export.CHECK_SIZES)
+    for row in rows:
+        assert float(row.split("largest logit difference ")[1].split()[0]) <= _fp16_bound(model)
+        assert "on 100.0000% of the" in row and "clearly decided" in row
+    assert f"passed: logits within {_fp16_bound(model):.3g} of the largest logit" in output
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    initializers = {t.name: t.data_type for t in graph.initializer}
+    conv_weights = [initializers[node.input[1]] for node in graph.node if node.op_type == "Conv"]
+    assert len(conv_weights) == 29 and set(conv_weights) == {onnx.TensorProto.FLOAT16}
+    assert path.stat().st_size < 0.55 * cli_export[0].stat().st_size  # the weights, half the bytes
+    meta = read_metadata(path)
+    assert meta.precision == "fp16" and meta.card == model.card and meta.input_kind == "uint8-rgb"
+    assert read_metadata(cli_export[0]).precision == "fp32"  # a file without the entry is float32
+    props = _session(path).get_modelmeta().custom_metadata_map
+    assert (
+        props["precision"] == "fp16" and "precision" not in _session(cli_export[0]).get_modelmeta().custom_metadata_map
+    )
+    with pytest.raises(ExportError, match="metadata precision must be one of fp32, fp16, got 'fp8'"):
+        parse_metadata({**props, "precision": "fp8"}, path)
+
+
+@pytest.mark.parametrize("n, h, w", [(1, 97, 75), (2, 9, 9), (1, 64, 200)])
+def test_fp16_logits_are_within_the_float16_bound_as_written_and_emulated(cli_fp16, model, n, h, w):
+    path, _, _ = cli_fp16
+    images = _images(n, h, w, seed=5)
+    expected = _eager64(model, images, uint8=True)
+    bound = _fp16_bound(model) * np.abs(expected).max()
+    (as_written,) = _session(path).run(None, {"image": images})
+    emulated_model = fp16_storage_emulated(onnx.load(str(path)))
+    (emulated,) = _session(emulated_model.SerializeToString(), optimize=False).run(None, {"image": images})
+    for got in (as_written, emulated):
+        assert got.shape == (n, 11, h, w) and got.dtype == np.float32
+        assert np.abs(got - expected).max() <= bound
+    # the bound has teeth: normalising with ImageNet's mean and std (not the card's) lies far outside it
+    wrong = _eager64(model, images, uint8=True, mean=pspnet.constants.IMAGENET_MEAN, std=pspnet.constants.IMAGENET_STD)
+    assert np.abs(wrong - expected).max() > 2 * bound
+
+
+def test_fp16_normalized_input_and_labels_equal_eager_where_clearly_decided(tmp_path, model):
+    path = tmp_path / "labels16.onnx"
+    report = export_model(model, path, input_kind="normalized", output_kind="labels", precision="fp16")
+    assert report.precision == "fp16" and report.check.passed and report.check.min_label_agreement is None
+    assert {s.variant for s in report.check.sizes} == {"as written", "float16 emulated"}
+    assert all(s.logit_rdiff is not None and s.decided_agreement == 1.0 for s in report.check.sizes)
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 in, cast inside
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    n, h, w = 2, 45, 83
+    x = normalize(torch.from_numpy(_images(n, h, w)).permute(0, 3, 1, 2), MEAN, STD).numpy()
+    (got,) = _session(path).run(None, {"image": x})
+    logits = _eager64(model, x, uint8=False)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    # a lead of more than twice the bound survives any error within it
+    decided = top2[:, 1] - top2[:, 0] > 2 * _fp16_bound(model) * np.abs(logits).max()
+    assert got.shape == (n, h, w) and decided.mean() > 0.2
+    assert (got == logits.argmax(axis=1))[decided].all()
+
+
+def test_fp16_storage_emulation_rounds_every_float16_tensor_and_names_what_it_cannot_type():
+    """x (float32) -> Cast to float16 -> Add a float16 constant -> Cast to float32: the emulated copy gives numpy's
+    float16 arithmetic, rounding and overflow included."""
+    helper, tp = onnx.helper, onnx.TensorProto
+    constant = onnx.numpy_helper.from_array(np.array([1000.0, 0.5, 60000.0, 3.0], np.float16), "c")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["x16"], to=tp.FLOAT16),
+            helper.make_node("Add", ["x16", "c"], ["y16"]),
+            helper.make_node("Cast", ["y16"], ["y"], to=tp.FLOAT),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", tp.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", tp.FLOAT, [4])],
+        [constant],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    x = np.array([0.4, 1.0001, 10000.0, 2049.0], np.float32)
+    with np.errstate(over="ignore"):  # 10000 + 60000 is beyond float16's 65504
+        expected = (x.astype(np.float16) + onnx.numpy_helper.to_array(constant)).astype(np.float32)
+    assert list(expected) == [1000.5, 1.5, np.inf, 2052.0]  # float32 arithmetic would give 1000.4, 1.5001, 70000, 2052
+    (got,) = _session(fp16_storage_emulated(proto).SerializeToString(), optimize=False).run(None, {"x": x})
+    np.testing.assert_array_equal(got, expected)
+    unknown = copy.deepcopy(proto)
+    unknown.graph.node[1].domain = "an.unknown.domain"  # shape inference cannot type its output
+    unknown.opset_import.append(helper.make_opsetid("an.unknown.domain", 1))
+    with pytest.raises(ExportError, match=r"^m\.onnx: cannot emulate float16 storage: the type of 'y16' \(Add\)"):
+        fp16_storage_emulated(unknown, where="m.onnx")
+
+
+def test_fp16_overflow_fails_the_check_and_nothing_lands(tmp_path, model):
+    """Logits beyond float16's largest number (65,504) are inf in any float16 runtime. ONNX Runtime's CPU provider
+    computes this graph's arithmetic in float32 and may not show it; the emulated float16 storage does."""
+    loud = copy.deepcopy(model)
+    with torch.no_grad():
+        biggest = float(np.abs(_eager64(loud, _images(1, 97, 75), uint8=True)).max())
+        loud.decode_head.classifier.weight.mul_(4 * 65504 / biggest)  # the largest logit about 4 x 65,504
+        loud.decode_head.classifier.bias.mul_(4 * 65504 / biggest)
+    out = tmp_path / "loud.onnx"
+    with pytest.raises(ExportError) as error:
+        export_model(loud, out, precision="fp16")
+    message = str(error.value)
+    assert message.startswith(f"{out}: the exported file does not compute what the model computes")
+    assert (
+        "(float16 emulated) the logits differ by nan" in message
+        or "(float16 emulated) the logits differ by inf" in message
+    )
+    assert message.endswith("nothing was written") and list(tmp_path.iterdir()) == []

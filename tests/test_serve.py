@@ -1,13 +1,16 @@
-"""``pspnet serve``: the HTTP API against the real app (Starlette's TestClient, a tiny CamVid-shaped model), the
-queue's contracts (micro-batches, 503 when full, a timed-out request frees its slot), SIGTERM draining a real
-server, and the page in a real headless Chromium driven by Selenium."""
+"""``pspnet serve``: the HTTP API against the real app (Starlette's TestClient, a tiny CamVid-shaped model), malformed
+multipart and truncated bodies (400, never 500), the queue's contracts (micro-batches, 503 when full, 504 for a
+request that timed out, which frees its slot), SIGTERM draining a real server, and the page in a real headless
+Chromium driven by Selenium."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import dataclasses
 import io
+import json
 import os
 import shutil
 import signal
@@ -164,10 +167,124 @@ def test_limits_and_bad_images_answer_4xx_never_500(client):
     malformed = client.post(
         "/v1/segment", content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=x"}
     )
-    assert 400 <= malformed.status_code < 500
+    assert malformed.status_code == 400 and malformed.json()["status"] == 400
     assert client.get("/v1/segment").status_code == 405
     for body in (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, b"GIF89a" + b"\xff" * 30, b"BM" + b"\0" * 60, b"\xff\xd8\xff"):
         assert client.post("/v1/segment", content=body).status_code == 415
+
+
+MULTIPART = "multipart/form-data; boundary=xyz"
+
+
+def form_part(name: str = "image", data: bytes | None = None, *, filename: str | None = "x.png") -> bytes:
+    """One part of a multipart/form-data body with the boundary ``xyz``, up to the CRLF before the next boundary."""
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    data = encoded(photo()) if data is None else data
+    return f"--xyz\r\nContent-Disposition: {disposition}\r\nContent-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
+
+
+WELL_FORMED = form_part() + b"--xyz--\r\n"
+
+
+@pytest.mark.parametrize(
+    "content_type, body, status, words",
+    [
+        pytest.param(MULTIPART, WELL_FORMED, 200, None, id="well-formed"),
+        pytest.param(MULTIPART, WELL_FORMED + b"an epilogue, which RFC 2046 allows", 200, None, id="epilogue"),
+        pytest.param("multipart/form-data", WELL_FORMED, 400, "boundary", id="no-boundary"),
+        pytest.param("multipart/form-data; boundary=", WELL_FORMED, 400, "boundary", id="empty-boundary"),
+        pytest.param("multipart/form-data; boundary=" + "b" * 71, WELL_FORMED, 400, "70", id="long-boundary"),
+        pytest.param("multipart/form-data; boundary=abc", WELL_FORMED, 400, "'--abc'", id="other-boundary"),
+        pytest.param(MULTIPART, b"", 400, "closing boundary", id="empty-body"),
+        pytest.param(MULTIPART, b"--x\r\nnonsense", 400, "'--xyz'", id="nonsense"),
+        pytest.param(MULTIPART, WELL_FORMED[: len(WELL_FORMED) // 2], 400, "closing boundary", id="cut-in-data"),
+        pytest.param(MULTIPART, form_part(), 400, "closing boundary", id="cut-after-a-part"),
+        pytest.param(MULTIPART, WELL_FORMED[:40], 400, "closing boundary", id="cut-in-headers"),
+        pytest.param(MULTIPART, WELL_FORMED[:-4], 400, "closing boundary", id="cut-in-closing-boundary"),
+        pytest.param(
+            MULTIPART,
+            b"--xyz\r\nno header here\r\n\r\n" + encoded(photo()) + b"\r\n--xyz--\r\n",
+            400,
+            "malformed",
+            id="bad-header-line",
+        ),
+        pytest.param(
+            MULTIPART, b"--xyz\r\nContent-Type: image/png\r\n\r\nabc\r\n--xyz--\r\n", 400, "name", id="no-disposition"
+        ),
+        pytest.param(
+            MULTIPART,
+            b"".join(form_part(f"f{i}", b"x") for i in range(17)) + b"--xyz--\r\n",
+            400,
+            "more than 16 parts",
+            id="too-many-parts",
+        ),
+        pytest.param(MULTIPART, b"--xyz--\r\n", 422, "no field 'image'", id="no-parts"),
+        pytest.param(MULTIPART, form_part("photo") + b"--xyz--\r\n", 422, "no field 'image'", id="no-image-field"),
+        pytest.param(MULTIPART, form_part() + form_part() + b"--xyz--\r\n", 422, "more than once", id="two-images"),
+        pytest.param(
+            MULTIPART,
+            form_part(data=b"a text field", filename=None) + b"--xyz--\r\n",
+            422,
+            "must be a file",
+            id="text-field",
+        ),
+        pytest.param(MULTIPART, form_part(data=b"") + b"--xyz--\r\n", 422, "no image", id="empty-file"),
+    ],
+)
+def test_multipart_bodies_malformed_are_400_and_without_an_image_422(client, content_type, body, status, words):
+    answer = client.post("/v1/segment", content=body, headers={"content-type": content_type})
+    assert answer.status_code == status, answer.text
+    if words is None:
+        assert answer.headers["content-type"] == "image/png"
+    else:
+        assert answer.json()["status"] == status and words in answer.json()["error"]
+
+
+async def call_app(app, body_chunks: list[bytes], headers: dict[str, str], *, complete: bool) -> list[dict]:
+    """The ASGI messages ``app`` sends for ``POST /v1/segment`` whose body arrives as ``body_chunks``: the last one
+    says it ends the body (``complete``), or more is announced and then the client is gone (``http.disconnect``), as
+    uvicorn reports a connection closed before its body ended."""
+    chunks = list(body_chunks)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if chunks:
+            return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks) or not complete}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/segment",
+        "raw_path": b"/v1/segment",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 8000),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_body_that_ends_before_its_content_length_is_400(client):
+    app, body = client.app, encoded(photo())
+    headers = {"content-type": "image/png", "content-length": str(len(body))}
+    # the connection closes after half the body (uvicorn then says http.disconnect)...
+    closed = asyncio.run(call_app(app, [body[:100], body[100 : len(body) // 2]], headers, complete=False))
+    # ...or the server hands over a complete body shorter than its Content-Length
+    short = asyncio.run(call_app(app, [body[:-10]], headers, complete=True))
+    for sent, words in ((closed, "closed"), (short, "Content-Length")):
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        answer = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+        assert start["status"] == 400 and answer["status"] == 400 and words in answer["error"], answer
+        assert str(len(body)) in answer["error"]
 
 
 def test_model_info_healthz_and_page(client):
@@ -258,7 +375,7 @@ def test_full_queue_is_503_with_retry_after_and_equal_sizes_share_a_batch(segmen
         assert fake.batches == [1, 2, 1]  # the two 40x56 images in one batch, the 32x32 one alone
 
 
-def test_a_request_that_times_out_frees_its_slot(segmenter):
+def test_a_request_that_times_out_is_504_and_frees_its_slot(segmenter):
     fake = BlockingSegmenter(segmenter)
     app = create_app(fake, ServeConfig(batch=1, queue=1, timeout=0.5))
     worker = app.state.worker
@@ -267,12 +384,18 @@ def test_a_request_that_times_out_frees_its_slot(segmenter):
         first = background_post(client, encoded(photo()), answers)
         wait_until(lambda: worker.busy)
         late = client.post("/v1/segment", content=encoded(photo()))  # queued, then gives up after 0.5 s
-        assert late.status_code == 503 and "no answer within" in late.json()["error"]
+        assert late.status_code == 504 and late.json() == {
+            "error": "no answer within 0.5 s (the server's --timeout); the image waited in the queue and was not "
+            "computed",
+            "status": 504,
+        }
         assert worker.depth == 0  # its slot is free again...
         again = client.post("/v1/segment", content=encoded(photo()))
-        assert "no answer within" in again.json()["error"]  # ...so the next one is queued, not refused as full
+        assert again.status_code == 504  # ...so the next one is queued (and times out), not refused as full (503)
         first.join(20)
-        assert answers[0].status_code == 503  # the one in the worker timed out too
+        assert answers[0].status_code == 504  # the one in the worker timed out too
+        assert "was being computed" in answers[0].json()["error"]
+        assert 'pspnet_http_requests_total{path="/v1/segment",status="504"} 3.0' in client.get("/metrics").text
         fake.release.set()
         wait_until(lambda: not worker.busy and worker.depth == 0)
         fake.release.clear()
@@ -333,6 +456,36 @@ def test_sigterm_drains_the_queue_and_exits(model_file):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_a_real_server_answers_400_to_a_body_cut_short(segmenter):
+    """uvicorn, not the TestClient: a client sends half the body its Content-Length announces and closes its side.
+    The answer cannot reach it, but the server counts a 400 (the request was incomplete), not a 500."""
+    import httpx
+    import uvicorn
+
+    app = create_app(segmenter, ServeConfig(max_bytes=MAX_BYTES))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 20)
+        body = encoded(photo())
+        for content_type, data in (("image/png", body), (MULTIPART, WELL_FORMED)):
+            head = f"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            with socket.create_connection(("127.0.0.1", port)) as connection:
+                connection.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+                connection.shutdown(socket.SHUT_WR)
+                connection.settimeout(20)
+                while connection.recv(65536):  # until the server closes the connection
+                    pass
+        counted = 'pspnet_http_requests_total{path="/v1/segment",status="400"} 2.0'
+        wait_until(lambda: counted in httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+        assert 'status="500"' not in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

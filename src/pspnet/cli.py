@@ -187,7 +187,11 @@ def _size_line(check: SizeCheck) -> str:
     if check.proba_diff is not None:
         parts.append(f"largest probability difference {check.proba_diff:.2e} (allowed {check.proba_tolerance:.2e})")
     parts.append(f"labels equal on {100 * check.label_agreement:.4f}% of {check.pixels:,} pixels")
-    return f"  {f'{check.batch} x {check.height}x{check.width}':<14}" + ", ".join(parts)
+    if check.decided_pixels is not None:
+        decided = "-" if check.decided_agreement is None else f"{100 * check.decided_agreement:.4f}%"
+        parts.append(f"on {decided} of the {check.decided_pixels:,} clearly decided")
+    where = f"{check.batch} x {check.height}x{check.width}" + (f" ({check.variant})" if check.variant else "")
+    return f"  {where:<{31 if check.variant else 14}}" + ", ".join(parts)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -222,6 +226,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         LOGIT_RTOL,
         MIN_LABEL_AGREEMENT,
         OUTPUT_KINDS,
+        PRECISIONS,
         SUFFIXES,
         calibration_images,
         export_model,
@@ -250,6 +255,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.int8 != (args.calib is not None):
         print("error: --int8 and --calib DIR go together: int8 is calibrated on images of DIR", file=sys.stderr)
         return 2
+    if args.fp16 and args.format != "onnx":
+        print(f"error: --fp16 writes a float16 ONNX graph; --format {args.format} has no fp16", file=sys.stderr)
+        return 2
+    if args.fp16 and args.int8:
+        print(
+            "error: --fp16 and --int8 are two precisions of the file (float16 for GPU runtimes, int8 for CPUs); "
+            "choose one",
+            file=sys.stderr,
+        )
+        return 2
     if args.format == "onnx":
         require_onnx()  # before the model is loaded: says how to install the 'onnx' extra
     source = resolve_model_path(args.model)
@@ -269,13 +284,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         static_size=static,
         opset=args.opset,
         calibration=calibration,
+        precision="fp16" if args.fp16 else "fp32",
     )
     meta, check = report.metadata, report.check
     opset = f", opset {report.opset}" if report.opset is not None else ""
     print(
         f"exported {source} -> {report.path} ({report.format}{opset}, {report.bytes / 1e6:.1f} MB, "
-        f"{report.export_seconds:.1f} s; BatchNorm folded, float32)"
+        f"{report.export_seconds:.1f} s; BatchNorm folded, {'float16' if args.fp16 else 'float32'})"
     )
+    if args.fp16:
+        print(f"  inside: {PRECISIONS['fp16']}")
     if static is None:
         low = json.loads(meta["min_size"])
         sides = "dynamic batch, height and width" + (f" (from {low[0]}x{low[1]})" if low else "")
@@ -287,12 +305,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"checked with {check.runtime} against eager PyTorch (float32, random images) in {report.check_seconds:.1f} s:"
     )
+    if args.fp16:
+        print(
+            "  (run as written, where ONNX Runtime's CPU provider computes the float16 operators in float32, and with "
+            "every float16 tensor rounded as a GPU runtime stores it: 'float16 emulated')"
+        )
     for size in check.sizes:
         print(_size_line(size))
-    print(
-        f"passed: logits within {LOGIT_RTOL:.0e} of the largest logit, labels equal on at least "
-        f"{100 * MIN_LABEL_AGREEMENT:g}% of the pixels"
-    )
+    if args.fp16:
+        print(
+            f"passed: logits within {check.logit_rtol:.3g} of the largest logit (the float16 bound: 4 x 2^-11 per "
+            f"layer, plus the float32 file's {LOGIT_RTOL:.0e}), labels equal on every pixel whose two best logits are "
+            "more than twice that apart"
+        )
+    else:
+        print(
+            f"passed: logits within {LOGIT_RTOL:.0e} of the largest logit, labels equal on at least "
+            f"{100 * MIN_LABEL_AGREEMENT:g}% of the pixels"
+        )
     int8 = report.int8
     if int8 is not None:
         print(
@@ -889,14 +919,16 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
         "export",
         help="export a model for deployment (ONNX, TorchScript, ExportedProgram), checked against PyTorch",
         description="Export a model file (or a training run directory) as one file a deployer can run with nothing "
-        "else: the model with BatchNorm folded, float32, with the input normalisation inside (by default), its "
+        "else: the model with BatchNorm folded, float32 (float16 with --fp16), with the input normalisation inside "
+        "(by default), its "
         "classes, palette, normalisation, crop and base size, architecture, input and output kinds and pspnet "
         "version in its metadata (an ONNX file's metadata_props; a TorchScript or ExportedProgram archive's "
         "pspnet_metadata.json). Batch, height and width are dynamic unless --static. The file is written under a "
         f"temporary name and checked before it is put in place: run by its runtime (ONNX Runtime, or reloaded by "
         f"torch) on random images (batch x height x width: {sizes}, sizes the pyramid bins do not divide; with "
         "--static that size) against eager PyTorch; it must give logits within 1e-4 of the largest logit and the "
-        "same labels on at least 99.99% of the pixels, else the command fails (exit 1) and writes nothing. "
+        "same labels on at least 99.99% of the pixels (--fp16: see there), else the command fails (exit 1) and "
+        "writes nothing. "
         "ONNX needs the 'onnx' extra: pip install 'pspnet[onnx]'.",
     )
     ex.add_argument("model", metavar="MODEL", help="model file (.safetensors) or training run directory")
@@ -944,6 +976,17 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
         help=f"with --int8: a folder of images (the first {MAX_CALIBRATION_IMAGES} by name, resized to the model's "
         "crop) to calibrate the activation ranges with; take images like those the model will see",
     )
+    ex.add_argument(
+        "--fp16",
+        action="store_true",
+        help="ONNX: a float16 graph for GPU runtimes (ONNX Runtime's CUDA and TensorRT providers, TensorRT): weights "
+        "and activations in float16, half the file size; the ends stay those of a float32 file: a uint8-rgb input "
+        "is normalised in float32 and then cast, a normalized input is float32 and cast inside, and the logits are "
+        "cast to float32 before the softmax or argmax. Checked against float32 eager within a bound derived from "
+        "float16's rounding (4 x 2^-11 per layer; about 0.12 of the largest logit for PSPNet50), with labels equal "
+        "wherever the two best logits are further apart than twice that, both as ONNX Runtime's CPU provider runs "
+        "the file and with float16 storage emulated (docs/deploy.md). Not with --int8",
+    )
     ex.add_argument("--force", action="store_true", help="replace FILE if it exists")
     ex.set_defaults(func=_cmd_export)
 
@@ -960,9 +1003,9 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         "PNG, or with ?format=overlay a JPEG overlay (&alpha=0.5); &mode=auto|whole|slide, &scales=1,1.5 and "
         "&flip=true change the test protocol per request. GET /v1/model: classes, palette, normalisation, "
         "architecture; GET /healthz; GET /metrics (Prometheus text); GET /: a page to try it. Answers 413 above "
-        "--max-bytes or --max-pixels, 415 for what is not an image, 422 for bad parameters, 503 with Retry-After "
-        "when the queue is full or a request waited --timeout seconds. SIGTERM or Ctrl-C: stop accepting, finish "
-        "the queued images, exit.",
+        "--max-bytes or --max-pixels, 415 for what is not an image, 422 for bad parameters or a missing image, 400 "
+        "for a malformed multipart body or a body cut short, 503 with Retry-After when the queue is full, 504 when a "
+        "request waited --timeout seconds. SIGTERM or Ctrl-C: stop accepting, finish the queued images, exit.",
     )
     se.add_argument("model", metavar="MODEL", help="model file (.safetensors) or training run directory")
     se.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -984,7 +1027,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         type=_positive_float,
         default=30.0,
         metavar="S",
-        help="seconds a request waits for its answer before a 503; its queue slot is freed (default: 30)",
+        help="seconds a request waits for its answer before a 504; its queue slot is freed (default: 30)",
     )
     se.add_argument(
         "--precision",

@@ -6,6 +6,8 @@ mode), wrapped so that a deployer needs nothing but the file. By default it take
 and std; ``input_kind="normalized"`` takes float32 ``(N, 3, H, W)`` already normalised instead. It returns, as
 chosen, logits ``(N, K, H, W)`` float32, their softmax over the K classes, or class ids ``(N, H, W)`` int64 (the
 argmax), always at the input's size. Batch, height and width are dynamic unless ``static_size`` fixes H and W.
+``precision="fp16"`` (ONNX only) makes a float16 graph for GPU runtimes: the model's weights and activations in
+float16, the input and output kinds as above (cast to float16 inside, logits cast back to float32).
 
 Formats (:data:`FORMATS`): ONNX (``torch.onnx.export`` from a ``torch.export`` program), TorchScript
 (``torch.jit.trace``) and a ``torch.export`` ExportedProgram (``torch.export.save``). Every file carries the model
@@ -19,7 +21,10 @@ run by its runtime (ONNX Runtime; ``torch.jit.load`` / ``torch.export.load``) on
 bins do not divide and compared with the eager model as loaded (BatchNorm not folded). Only a file whose logits lie
 within :data:`LOGIT_RTOL` of the largest logit and whose labels equal eager's on at least
 :data:`MIN_LABEL_AGREEMENT` of the pixels is renamed into place; otherwise an :class:`~pspnet.errors.ExportError`
-says what differed and nothing is left at the destination.
+says what differed and nothing is left at the destination. A float16 file is held to a bound derived from float16's
+rounding (:func:`fp16_logit_rtol`) and to equal labels wherever eager's two best logits are further apart than
+twice that bound; it is run twice, as written and with its float16 storage emulated (:func:`fp16_storage_emulated`),
+because ONNX Runtime's CPU provider computes float16 convolutions and most other float16 operators in float32.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from .weights.exported import (
     INPUT_KINDS,
     METADATA_FILE,
     OUTPUT_KINDS,
+    PRECISIONS,
     SUFFIXES,
     ExportedMetadata,
     export_metadata,
@@ -72,6 +78,7 @@ __all__ = [
     "METADATA_FILE",
     "MIN_LABEL_AGREEMENT",
     "OUTPUT_KINDS",
+    "PRECISIONS",
     "SUFFIXES",
     "CheckReport",
     "DeployedForward",
@@ -84,6 +91,8 @@ __all__ = [
     "check_int8",
     "export_metadata",
     "export_model",
+    "fp16_logit_rtol",
+    "fp16_storage_emulated",
     "quantize_int8",
     "read_metadata",
     "require_onnx",
@@ -94,6 +103,7 @@ CHECK_SIZES: tuple[tuple[int, int, int], ...] = ((1, 97, 75), (2, 121, 67))
 # The product guarantee of an fp32 export: logits within 1e-4 of the largest logit, labels equal on 99.99% of pixels.
 LOGIT_RTOL = 1e-4
 MIN_LABEL_AGREEMENT = 0.9999
+FP16_UNIT_ROUNDOFF = 2.0**-11  # float16's u: the largest relative error of rounding a number to float16
 # The example batch of the export (2: a batch of 1 would make torch.export specialise the batch dimension to 1) and
 # the example size of a dynamic export (height != width, so that the two stay separate symbols).
 _EXAMPLE = (2, 72, 88)
@@ -117,27 +127,38 @@ def require_onnx() -> None:
 
 
 class DeployedForward(nn.Module):
-    """What an exported file computes: ``model`` (called as is: pass it BatchNorm-folded and in eval mode) between
-    the input and output conventions of a deployment.
+    """What an exported file computes: ``model`` (called as is: pass it BatchNorm-folded and in eval mode, and in
+    float16 for ``precision="fp16"``) between the input and output conventions of a deployment.
 
     ``forward(image)``: with ``input_kind="uint8-rgb"`` a ``(N, H, W, 3)`` uint8 RGB tensor, normalised here as
     :func:`pspnet.inference.normalize` does (``(x - mean) / std`` in float32, mean and std per RGB channel on the
     0-255 scale); with ``"normalized"`` a ``(N, 3, H, W)`` float32 tensor passed to the model as it is. Returns
     logits ``(N, K, H, W)`` float32, their softmax over K (``"proba"``) or the argmax ``(N, H, W)`` int64
-    (``"labels"``).
+    (``"labels"``). With ``precision="fp16"`` the normalised float32 image is cast to float16 for the model and its
+    logits back to float32, so the softmax and argmax run in float32 and the ends are those of a float32 file.
     """
 
     def __init__(
-        self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], input_kind: str, output_kind: str
+        self,
+        model: nn.Module,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_kind: str,
+        output_kind: str,
+        precision: str = "fp32",
     ):
         super().__init__()
         if input_kind not in INPUT_KINDS:
             raise ValueError(f"input kind must be one of {list(INPUT_KINDS)}, got {input_kind!r}")
         if output_kind not in OUTPUT_KINDS:
             raise ValueError(f"output kind must be one of {list(OUTPUT_KINDS)}, got {output_kind!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.model = model
         self.input_kind = input_kind
         self.output_kind = output_kind
+        self.precision = precision
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -146,12 +167,35 @@ class DeployedForward(nn.Module):
             x = (image.permute(0, 3, 1, 2).to(torch.float32) - self.mean) / self.std  # (N, 3, H, W)
         else:
             x = image
+        if self.precision == "fp16":
+            x = x.to(torch.float16)
         logits = self.model(x)  # (N, K, H, W)
+        if self.precision == "fp16":
+            logits = logits.to(torch.float32)
         if self.output_kind == "proba":
             return torch.softmax(logits, dim=1)
         if self.output_kind == "labels":
             return logits.argmax(dim=1)  # (N, H, W) int64
         return logits
+
+
+def fp16_logit_rtol(model: nn.Module) -> float:
+    """The float16 file's bound on ``max |logits_fp16 - logits_eager| / max |logits_eager|``, from float16's unit
+    roundoff u = 2^-11 and the depth of ``model``.
+
+    First order, as the bfloat16 bound of the tests (``tests/rounding.py``): every convolution of the forward pass
+    (the aux head's excepted: eval mode does not run it) rounds its input, its weights and its output to float16
+    and is followed by at most one more rounding step (a residual addition, an upsampling, the pyramid's pooling
+    product): 4 u per layer, and the relative errors of the layers on a path add up. Everything that is not a
+    float16 rounding (the order of the float32 sums inside the kernels, BatchNorm folded) is what the float32 file
+    is held to, :data:`LOGIT_RTOL`. It assumes kernels that accumulate their sums in float32 (ONNX Runtime's CPU
+    provider computes them in float32 altogether); one that sums thousands of products in float16 is not covered.
+    Tiny test model (ResNet-18, 29 layers): 0.057; PSPNet50: 0.119; PSPNet101: 0.219.
+    """
+    aux = getattr(model, "aux_head", None)
+    skipped = set() if aux is None else {id(module) for module in aux.modules()}
+    layers = sum(isinstance(m, nn.Conv2d) and id(m) not in skipped for m in model.modules())
+    return 4 * layers * FP16_UNIT_ROUNDOFF + LOGIT_RTOL
 
 
 def _format_of(path: Path) -> str:
@@ -192,7 +236,11 @@ class SizeCheck:
     ``logit_rdiff``: ``max |logits_file - logits_eager| / max |logits_eager|`` (None when the file's output is not
     logits and its graph gives none to compare); ``proba_diff``: the largest absolute probability difference (a
     ``proba`` output); ``label_agreement``: the share of the ``pixels`` (batch x height x width) whose labels are
-    equal (the argmax of each side's logits or probabilities; a ``labels`` output's ids)."""
+    equal (the argmax of each side's logits or probabilities; a ``labels`` output's ids). A float16 file's checks
+    also say how it was run (``variant``: ``"as written"`` or ``"float16 emulated"``), and count the
+    ``decided_pixels``, those whose two best eager logits are further apart than twice the logit bound (rounding
+    within the bound cannot change their label), and the share of them with equal labels (``decided_agreement``,
+    None when there are none)."""
 
     batch: int
     height: int
@@ -202,14 +250,21 @@ class SizeCheck:
     proba_tolerance: float | None
     label_agreement: float
     pixels: int
+    variant: str = ""
+    decided_pixels: int | None = None
+    decided_agreement: float | None = None
 
 
 @dataclass(frozen=True)
 class CheckReport:
-    """Every size checked (:class:`SizeCheck`) and the runtime that ran the file."""
+    """Every size checked (:class:`SizeCheck`), the runtime that ran the file, and the guarantee it is held to:
+    logits within ``logit_rtol`` of the largest logit, and labels equal on at least ``min_label_agreement`` of the
+    pixels (None: not required, as for a float16 file, whose labels must be equal on the clearly decided pixels)."""
 
     runtime: str
     sizes: tuple[SizeCheck, ...]
+    logit_rtol: float = LOGIT_RTOL
+    min_label_agreement: float | None = MIN_LABEL_AGREEMENT
 
     @property
     def logit_rdiff(self) -> float | None:
@@ -226,15 +281,22 @@ class CheckReport:
         """What fails the guarantee (empty when the file passes)."""
         out = []
         for s in self.sizes:
-            where = f"at {s.batch}x{s.height}x{s.width}"
-            if s.logit_rdiff is not None and not s.logit_rdiff <= LOGIT_RTOL:
-                out.append(f"{where} the logits differ by {s.logit_rdiff:.3g} of the largest (at most {LOGIT_RTOL:g})")
+            where = f"at {s.batch}x{s.height}x{s.width}" + (f" ({s.variant})" if s.variant else "")
+            if s.logit_rdiff is not None and not s.logit_rdiff <= self.logit_rtol:
+                out.append(
+                    f"{where} the logits differ by {s.logit_rdiff:.3g} of the largest (at most {self.logit_rtol:.3g})"
+                )
             if s.proba_diff is not None and not s.proba_diff <= (s.proba_tolerance or 0.0):
                 out.append(f"{where} the probabilities differ by {s.proba_diff:.3g} (at most {s.proba_tolerance:.3g})")
-            if not s.label_agreement >= MIN_LABEL_AGREEMENT:
+            if self.min_label_agreement is not None and not s.label_agreement >= self.min_label_agreement:
                 out.append(
                     f"{where} the labels are equal on {100 * s.label_agreement:.4f}% of the pixels (at least "
-                    f"{100 * MIN_LABEL_AGREEMENT:g}%)"
+                    f"{100 * self.min_label_agreement:g}%)"
+                )
+            if s.decided_agreement is not None and not s.decided_agreement >= 1.0:
+                out.append(
+                    f"{where} the labels differ on {100 * (1 - s.decided_agreement):.4f}% of the {s.decided_pixels:,} "
+                    "clearly decided pixels (none may)"
                 )
         return out
 
@@ -261,9 +323,19 @@ def _check_inputs(batch: int, height: int, width: int, card: ModelCard, input_ki
 
 
 def _compare(
-    output_kind: str, got: np.ndarray, got_logits: np.ndarray | None, expected: Tensor, shape: tuple[int, int, int]
+    output_kind: str,
+    got: np.ndarray,
+    got_logits: np.ndarray | None,
+    expected: Tensor,
+    shape: tuple[int, int, int],
+    *,
+    logit_rtol: float = LOGIT_RTOL,
+    decided: bool = False,
+    variant: str = "",
 ) -> SizeCheck:
-    """One :class:`SizeCheck` from a file's output (and its logits, if the runtime gave them) and eager logits."""
+    """One :class:`SizeCheck` from a file's output (and its logits, if the runtime gave them) and eager logits;
+    with ``decided``, the agreement on the pixels whose two best eager logits are more than ``2 * logit_rtol`` of
+    the largest logit apart too."""
     reference = expected.numpy()
     scale = float(np.abs(reference).max()) or 1.0
     logits = got if output_kind == "logits" else got_logits
@@ -273,29 +345,112 @@ def _compare(
         proba_diff = float(np.abs(got - torch.softmax(expected, dim=1).numpy()).max())
         # the softmax moves by at most half the largest logit change (|dp_i| <= 2 p_i (1 - p_i) max|dz|), so the
         # logit guarantee allows this much
-        proba_tolerance = 0.5 * LOGIT_RTOL * scale
+        proba_tolerance = 0.5 * logit_rtol * scale
     labels = got if output_kind == "labels" else got.argmax(axis=1)
-    agreement = float((labels == reference.argmax(axis=1)).mean())
+    same = labels == reference.argmax(axis=1)
+    decided_pixels = decided_agreement = None
+    if decided:  # each logit within logit_rtol * scale: a lead of more than twice that survives
+        top2 = np.sort(reference, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > 2 * logit_rtol * scale
+        decided_pixels = int(clear.sum())
+        decided_agreement = float(same[clear].mean()) if decided_pixels else None
     batch, height, width = shape
-    return SizeCheck(batch, height, width, logit_rdiff, proba_diff, proba_tolerance, agreement, batch * height * width)
+    return SizeCheck(
+        batch,
+        height,
+        width,
+        logit_rdiff,
+        proba_diff,
+        proba_tolerance,
+        float(same.mean()),
+        batch * height * width,
+        variant,
+        decided_pixels,
+        decided_agreement,
+    )
 
 
-def _onnx_runner(path: Path, output_kind: str) -> tuple[Callable[[np.ndarray], tuple[np.ndarray, Any]], str]:
+def fp16_storage_emulated(proto: Any, *, where: Any = "the ONNX model") -> Any:
+    """A copy of the float16 ONNX model ``proto`` that runs in float32 but rounds every float16 tensor as the file
+    stores it: float16 weights and constants become float32 (exactly), casts to float16 become casts to float32, and
+    after every operator whose output is float16 a Cast to float16 and back rounds the output.
+
+    ONNX Runtime's CPU provider has no float16 kernels for Conv, Add, Div, Floor, MatMul, Resize, MaxPool and Relu
+    (its OperatorKernels.md lists them for float and double only; for this graph on x86-64 every arithmetic operator
+    ran in float32): it inserts casts around them and then drops those between two float32 operators, so the file
+    as written runs with float16 weights but with nearly no float16 rounding of activations, and even a logit of
+    190,000 (float16 tops out at 65,504) comes out finite. Run with graph optimisations off (ONNX Runtime would
+    fold the Cast pairs away), this copy computes what a runtime that stores every tensor in float16 and sums in
+    float32 computes. An operator whose output type shape inference cannot tell is an ExportError naming ``where``
+    (the file), never skipped.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.output, *inferred.value_info]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+
+    def as_float32(tensor: Any) -> Any:
+        return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+
+    for i, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT16:
+            graph.initializer[i].CopyFrom(as_float32(tensor))
+    nodes = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT16:
+                attribute.t.CopyFrom(as_float32(attribute.t))
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
+                attribute.i = TensorProto.FLOAT
+        nodes.append(node)
+        for k, name in enumerate(node.output):
+            if not name:
+                continue
+            if name not in types:
+                raise ExportError(
+                    f"{where}: cannot emulate float16 storage: the type of {name!r} ({node.op_type}) is unknown"
+                )
+            if types[name] == TensorProto.FLOAT16:
+                node.output[k] = f"{name}__float32"
+                nodes.append(
+                    helper.make_node("Cast", [f"{name}__float32"], [f"{name}__float16"], to=TensorProto.FLOAT16)
+                )
+                nodes.append(helper.make_node("Cast", [f"{name}__float16"], [name], to=TensorProto.FLOAT))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for info in [*graph.input, *graph.output, *graph.value_info]:
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            info.type.tensor_type.elem_type = TensorProto.FLOAT
+    return proto
+
+
+def _onnx_runner(
+    path: Path, output_kind: str, *, emulate_fp16: bool = False
+) -> tuple[Callable[[np.ndarray], tuple[np.ndarray, Any]], str]:
     """A function running the ONNX file in ONNX Runtime: input -> (output, logits or None). For a ``proba`` or
     ``labels`` file the logits are read from the same graph: its last node (Softmax or ArgMax) has them as input,
-    exposed as an extra output of an in-memory copy of the file."""
+    exposed as an extra output of an in-memory copy of the file. ``emulate_fp16``: run
+    :func:`fp16_storage_emulated`'s copy instead, without graph optimisations."""
     import onnx
     import onnxruntime
 
     onnx.checker.check_model(str(path))
     proto = onnx.load(str(path))
+    options = onnxruntime.SessionOptions()
+    if emulate_fp16:
+        proto = fp16_storage_emulated(proto, where=path)
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     logits_name = None
     if output_kind != "logits":
         producer = next((n for n in proto.graph.node if proto.graph.output[0].name in n.output), None)
         if producer is not None and producer.op_type in ("Softmax", "ArgMax"):
             logits_name = producer.input[0]
             proto.graph.output.append(onnx.helper.make_tensor_value_info(logits_name, onnx.TensorProto.FLOAT, None))
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -331,20 +486,52 @@ def check_export(
     output_kind: str,
     sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> CheckReport:
     """Run the exported file at ``path`` in its runtime and ``model`` (eager, float32, eval mode) on the same random
     images, one batch per ``(batch, height, width)`` in ``sizes``, and compare (:class:`SizeCheck`). The report's
-    :meth:`~CheckReport.problems` say what fails the guarantee; nothing is raised for a difference."""
+    :meth:`~CheckReport.problems` say what fails the guarantee; nothing is raised for a difference.
+
+    A float16 ONNX file (``precision="fp16"``) is run twice per batch, as written and with its float16 storage
+    emulated (:func:`fp16_storage_emulated`), and held to :func:`fp16_logit_rtol` and to equal labels on the
+    clearly decided pixels instead of :data:`LOGIT_RTOL` and :data:`MIN_LABEL_AGREEMENT`."""
     path = Path(path)
+    fp16 = precision == "fp16"
     with _quiet_exporter():
-        run, runtime = _onnx_runner(path, output_kind) if format == "onnx" else _torch_runner(path, format)
+        if format != "onnx":
+            runners = [(*_torch_runner(path, format), "")]
+        elif not fp16:
+            runners = [(*_onnx_runner(path, output_kind), "")]
+        else:
+            runners = [
+                (*_onnx_runner(path, output_kind), "as written"),
+                (*_onnx_runner(path, output_kind, emulate_fp16=True), "float16 emulated"),
+            ]
+    logit_rtol = fp16_logit_rtol(model) if fp16 else LOGIT_RTOL
     checks = []
     for i, (batch, height, width) in enumerate(sizes):
         x = _check_inputs(batch, height, width, card, input_kind, seed + i)
-        got, got_logits = run(x)
         expected = _eager_logits(model, x, card, input_kind)
-        checks.append(_compare(output_kind, got, got_logits, expected, (batch, height, width)))
-    return CheckReport(runtime=runtime, sizes=tuple(checks))
+        for run, _, variant in runners:
+            got, got_logits = run(x)
+            checks.append(
+                _compare(
+                    output_kind,
+                    got,
+                    got_logits,
+                    expected,
+                    (batch, height, width),
+                    logit_rtol=logit_rtol,
+                    decided=fp16,
+                    variant=variant,
+                )
+            )
+    return CheckReport(
+        runtime=runners[0][1],
+        sizes=tuple(checks),
+        logit_rtol=logit_rtol,
+        min_label_agreement=None if fp16 else MIN_LABEL_AGREEMENT,
+    )
 
 
 # -- writing ---------------------------------------------------------------------------------------------------
@@ -390,7 +577,9 @@ def _rename_dims(proto: Any, names: Mapping[str, str]) -> None:
 
 def _doc_string(meta: Mapping[str, str], card: ModelCard) -> str:
     return (
-        f"{ARCHITECTURES[card.config.architecture].title} semantic segmentation, {card.num_classes} classes, exported by {meta['exported_by']}. "
+        f"{ARCHITECTURES[card.config.architecture].title} semantic segmentation, {card.num_classes} classes, "
+        f"exported by {meta['exported_by']}. "
+        f"Inside: {PRECISIONS[meta.get('precision', 'fp32')]}. "
         f"Input 'image': {INPUT_KINDS[meta['input']]}; output '{meta['output']}': {OUTPUT_KINDS[meta['output']]}. "
         "metadata_props hold the classes, palette, normalisation, crop and base size and the architecture (JSON)."
     )
@@ -479,7 +668,7 @@ class ExportReport:
     """What :func:`export_model` did: the ``path`` written, its ``format``, ``opset`` (ONNX), its ``metadata``
     entries, its size in ``bytes``, the ``check`` that passed, and the seconds spent exporting and checking; for an
     int8 file the ``int8`` check of the quantised graph (the float32 ``check`` is of the graph it was made from) and
-    the seconds spent quantising."""
+    the seconds spent quantising; the ``precision`` inside the graph (a key of :data:`PRECISIONS`)."""
 
     path: Path
     format: str
@@ -491,6 +680,7 @@ class ExportReport:
     check_seconds: float
     int8: Int8Check | None = None
     quantize_seconds: float = 0.0
+    precision: str = "fp32"
 
 
 # -- int8 -----------------------------------------------------------------------------------------------------
@@ -678,12 +868,19 @@ def _calibration_inputs(images: np.ndarray, card: ModelCard, input_kind: str) ->
 
 
 def _check_options(
-    format: str, input_kind: str, output_kind: str, static_size: tuple[int, int] | None, opset: int | None
+    format: str,
+    input_kind: str,
+    output_kind: str,
+    static_size: tuple[int, int] | None,
+    opset: int | None,
+    precision: str = "fp32",
+    calibration: np.ndarray | None = None,
 ) -> None:
     for argument, value, allowed in (
         ("format", format, FORMATS),
         ("input_kind", input_kind, INPUT_KINDS),
         ("output_kind", output_kind, OUTPUT_KINDS),
+        ("precision", precision, PRECISIONS),
     ):
         if value not in allowed:
             raise ExportError(f"{value!r}: choose one of {', '.join(allowed)}", argument=argument)
@@ -693,6 +890,15 @@ def _check_options(
         raise ExportError(f"{opset}: an opset is an ONNX setting, not one of {format}", argument="opset")
     if opset is not None and opset < 1:
         raise ExportError(f"{opset}: an ONNX opset is a positive integer", argument="opset")
+    if precision == "fp16" and format != "onnx":
+        raise ExportError(
+            f"'fp16': a float16 graph is written as ONNX (--format onnx), not as {format}", argument="precision"
+        )
+    if precision == "fp16" and calibration is not None:
+        raise ExportError(
+            "'fp16': a file is float16 (for GPU runtimes) or int8 (quantised for CPUs), not both; export one of each",
+            argument="precision",
+        )
 
 
 def export_model(
@@ -706,6 +912,7 @@ def export_model(
     opset: int | None = None,
     check_sizes: Sequence[tuple[int, int, int]] | None = None,
     calibration: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> ExportReport:
     """Export ``model`` (not changed: a copy is folded) as ``out`` in ``format``, check it, then put it in place.
 
@@ -715,14 +922,17 @@ def export_model(
     :data:`CHECK_SIZES`, or batches of 1 and 2 at ``static_size``). ``calibration`` (ONNX only): ``(N, H, W, 3)``
     uint8 RGB images (:func:`calibration_images`); with them the checked float32 graph is quantised to int8
     (:func:`quantize_int8`), checked on those images (:func:`check_int8`, :class:`Int8Check`) and written instead,
-    its metadata saying ``quantization: "int8 static, N calibration images"``. The metadata (:func:`export_metadata`) comes
-    from ``model.card`` (:func:`~pspnet.weights.make_card`'s defaults for a model without one).
+    its metadata saying ``quantization: "int8 static, N calibration images"``. ``precision="fp16"`` (ONNX, not with
+    ``calibration``): the folded model in float16 (:class:`DeployedForward`), checked against the float32 eager model
+    within :func:`fp16_logit_rtol` (:func:`check_export`), its metadata saying ``precision: "fp16"``. The metadata
+    (:func:`export_metadata`) comes from ``model.card`` (:func:`~pspnet.weights.make_card`'s defaults for a model
+    without one).
 
     The file is written under a temporary name beside ``out``, checked (:func:`check_export`) and renamed to
     ``out`` only when it passes; an :class:`~pspnet.errors.ExportError` (a failed check, an option the format lacks,
     onnx not installed) or any other failure leaves nothing at ``out`` (an existing file there is kept).
     """
-    _check_options(format, input_kind, output_kind, static_size, opset)
+    _check_options(format, input_kind, output_kind, static_size, opset, precision, calibration)
     if calibration is not None and format != "onnx":
         raise ExportError(f"{format}: int8 quantisation is for ONNX files (--format onnx)", argument="format")
     if calibration is not None and (calibration.ndim != 4 or calibration.shape[-1] != 3 or not len(calibration)):
@@ -732,9 +942,11 @@ def export_model(
     out = Path(out)
     card = model.card if model.card is not None else make_card(model.config)
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()  # the eager model as loaded
-    folded = prepare_for_inference(copy.deepcopy(reference), "fp32")
+    folded = prepare_for_inference(copy.deepcopy(reference), "fp32")  # BatchNorm folded in float32, then cast
+    if precision == "fp16":
+        folded = folded.half()
     deployed = DeployedForward(
-        folded, mean=card.mean, std=card.std, input_kind=input_kind, output_kind=output_kind
+        folded, mean=card.mean, std=card.std, input_kind=input_kind, output_kind=output_kind, precision=precision
     ).eval()
     batch, height, width = _EXAMPLE
     if static_size is not None:
@@ -772,6 +984,7 @@ def export_model(
                     output_kind=output_kind,
                     static_size=static_size,
                     min_size=min_size,
+                    precision=precision,
                 )
                 if format == "onnx":
                     written_opset = _write_onnx(
@@ -790,6 +1003,7 @@ def export_model(
             input_kind=input_kind,
             output_kind=output_kind,
             sizes=check_sizes,
+            precision=precision,
         )
         checked = time.perf_counter()
         if not check.passed:
@@ -835,4 +1049,5 @@ def export_model(
         check_seconds=checked - exported,
         int8=int8,
         quantize_seconds=quantized - checked,
+        precision=precision,
     )

@@ -1,7 +1,8 @@
 """``pspnet serve``: an HTTP service around one :class:`~pspnet.segmenter.Segmenter`, and the page it serves.
 
 - :mod:`.jobs`: the one bounded queue and the single worker thread that micro-batches requests (no web framework);
-- :mod:`.requests`: checks of a request's query and image bytes, each failure an :class:`HTTPProblem` with its status;
+- :mod:`.inputs`: checks of a request's query and image bytes (raw or multipart), each failure an
+  :class:`HTTPProblem` with its status;
 - :mod:`.app`: the Starlette application (routes, metrics, the page) and :func:`~.app.run_server` (uvicorn).
 
 Starlette, uvicorn, python-multipart and prometheus_client are the optional extra ``pspnet[serve]``;

@@ -4,10 +4,12 @@ Routes: ``POST /v1/segment`` (an image as the multipart field ``image`` or as th
 of class ids, ``?format=json`` or ``?format=overlay``), ``GET /v1/model``, ``GET /healthz``, ``GET /metrics``
 (Prometheus text format) and ``GET /``, the page (package data under ``page/``).
 
-Status codes: 413 for a body above ``max_bytes`` or an image above ``max_pixels``, 415 for bytes that are not an
-image, 422 for bad query parameters or a missing image, 400 for a malformed multipart body, 503 with
-``Retry-After`` when the queue is full, the server is shutting down or the request waited ``timeout`` seconds
-(its queue slot is freed then). Errors are JSON: ``{"error": "...", "status": N}``.
+Status codes: 400 for a malformed multipart body or a body that ends before its Content-Length (the client closed
+the connection: the answer is counted in the metrics though it cannot reach the client), 413 for a body above
+``max_bytes`` or an image above ``max_pixels``, 415 for bytes that are not an image, 422 for bad query parameters or
+a missing image, 503 with ``Retry-After`` when the queue is full or the server is shutting down, 504 when the
+request waited ``timeout`` seconds for its labels (its queue slot is freed then). Errors are JSON:
+``{"error": "...", "status": N}``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,6 +44,7 @@ from .inputs import (
     check_size,
     decode_image,
     mask_png,
+    multipart_image,
     overlay_jpeg,
     parse_options,
     segment_summary,
@@ -66,7 +69,7 @@ _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 class ServeConfig:
     """The server's limits. ``max_bytes``: largest request body (bytes); ``batch``: most images of one size in
     one forward pass; ``queue``: most images waiting; ``timeout``: seconds a request waits for its labels before a
-    503; ``retry_after``: seconds a 503 asks the client to wait. The pixel limit is the segmenter's
+    504; ``retry_after``: seconds a 503 (full queue, shutting down) asks the client to wait. The pixel limit is the segmenter's
     (``InferenceSettings.max_pixels``)."""
 
     max_bytes: int = 20 * 2**20
@@ -150,7 +153,8 @@ def _problem(status: int, message: str, headers: dict[str, str] | None = None) -
 
 async def _read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``max_bytes`` (by its Content-Length or while
-    it streams in)."""
+    it streams in), and with 400 when it ends before the length its Content-Length announced (the client closed the
+    connection, or a server passed on a short body)."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -158,32 +162,26 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
         if int(length) > max_bytes:
             raise HTTPProblem(413, f"the body is {int(length)} bytes, above this server's {max_bytes}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPProblem(413, f"the body is above this server's {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise HTTPProblem(413, f"the body is above this server's {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        expected = f" of the {length} bytes its Content-Length announced" if length is not None else ""
+        raise HTTPProblem(400, f"the client closed the connection after {size} bytes of the body{expected}") from None
+    if length is not None and size != int(length):
+        raise HTTPProblem(400, f"the body is {size} bytes, not the {length} bytes its Content-Length announced")
     return b"".join(chunks)
 
 
-async def _image_bytes(request: Request, body: bytes, max_bytes: int) -> bytes:
+def _image_bytes(request: Request, body: bytes) -> bytes:
     """The image's bytes: the multipart field ``image`` of a ``multipart/form-data`` body, else the body."""
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
         return body
-
-    async def replay() -> Message:  # the body, already read within the limit, for Starlette's form parser
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        async with Request(request.scope, replay).form(max_files=4, max_fields=16, max_part_size=max_bytes) as form:
-            field = form.get("image")
-            if field is None:
-                raise HTTPProblem(422, "the multipart body has no field 'image'")
-            if isinstance(field, str):
-                raise HTTPProblem(422, "the multipart field 'image' must be a file")
-            return await field.read()
-    except HTTPException as error:  # python-multipart could not parse the body
-        raise HTTPProblem(400, f"malformed multipart body: {error.detail}") from None
+    return multipart_image(body, content_type)
 
 
 def create_app(segmenter: Segmenter, config: ServeConfig | None = None) -> Starlette:
@@ -217,7 +215,7 @@ def create_app(segmenter: Segmenter, config: ServeConfig | None = None) -> Starl
         options = parse_options(request.query_params.multi_items())
         settings = settings_for(base, options)
         body = await _read_body(request, config.max_bytes)
-        data = await _image_bytes(request, body, config.max_bytes)
+        data = await run_in_threadpool(_image_bytes, request, body)
         image = await run_in_threadpool(decode_image, data, max_pixels=base.max_pixels)
         check_size(image, settings)
         try:
@@ -229,9 +227,14 @@ def create_app(segmenter: Segmenter, config: ServeConfig | None = None) -> Starl
         try:
             labels = await asyncio.wait_for(asyncio.wrap_future(job.future), config.timeout)
         except TimeoutError:
-            raise HTTPProblem(503, f"no answer within {config.timeout:g} s; retry later", headers=retry) from None
-        finally:
-            worker.forget(job)  # frees the slot of a request that gave up; nothing for a finished one
+            # frees the slot of an image still waiting; one being computed finishes and its labels are dropped
+            where = "waited in the queue and was not computed" if worker.forget(job) else "was being computed"
+            raise HTTPProblem(
+                504, f"no answer within {config.timeout:g} s (the server's --timeout); the image {where}"
+            ) from None
+        except BaseException:  # cancelled (the client left) or the forward pass failed: free a waiting image's slot
+            worker.forget(job)
+            raise
         metrics.images.inc()
         if options.format == "json":
             summary = await run_in_threadpool(segment_summary, labels, segmenter.classes, segmenter.palette)

@@ -1,5 +1,6 @@
-"""A segmentation request's checks and answers, without a web framework: the query options, the image bytes, and
-the three encodings of a label map. Every refusal is an :class:`HTTPProblem` carrying its status code."""
+"""A segmentation request's checks and answers, without a web framework: the query options, the image bytes (the raw
+body or the ``image`` field of a multipart body), and the three encodings of a label map. Every refusal is an
+:class:`HTTPProblem` carrying its status code."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..errors import DataError
 from ..inference import MODES, InferenceSettings, check_image_size
@@ -21,11 +24,13 @@ from ..visualize import colorize, legend_entries, overlay
 
 __all__ = [
     "FORMATS",
+    "MAX_PARTS",
     "MAX_SCALES",
     "HTTPProblem",
     "SegmentOptions",
     "decode_image",
     "mask_png",
+    "multipart_image",
     "overlay_jpeg",
     "parse_options",
     "segment_summary",
@@ -35,6 +40,8 @@ __all__ = [
 # ?format=... -> the media type of the answer
 FORMATS = {"png": "image/png", "json": "application/json", "overlay": "image/jpeg"}
 MAX_SCALES = 8
+MAX_PARTS = 16  # parts of a multipart body: the image and a few other fields a form may send along
+_MAX_BOUNDARY = 70  # RFC 2046, section 5.1.1
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -149,6 +156,93 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             return as_rgb_array(image)
         except (DataError, ValueError) as error:
             raise HTTPProblem(415, f"the image cannot be decoded: {error}") from None
+
+
+def multipart_image(body: bytes, content_type: str) -> bytes:
+    """The bytes of the file field ``image`` of a ``multipart/form-data`` ``body`` whose Content-Type header is
+    ``content_type``.
+
+    A body that is not well-formed multipart is a 400 saying what is wrong: no boundary (or one longer than RFC
+    2046's 70 characters) in the Content-Type, a body that does not begin with that boundary, a part without a
+    ``Content-Disposition: form-data; name=...`` header, more than :data:`MAX_PARTS` parts, or a body that ends
+    before its closing boundary (``--BOUNDARY--``: a truncated upload). A well-formed body without one file field
+    ``image`` is a 422: no such field, the field given twice, or a text field instead of a file.
+    """
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary", b"")
+    if not boundary:
+        raise HTTPProblem(400, "malformed multipart body: the Content-Type has no boundary=... parameter")
+    if len(boundary) > _MAX_BOUNDARY:
+        raise HTTPProblem(
+            400, f"malformed multipart body: its boundary is {len(boundary)} characters long, above the 70 allowed"
+        )
+    delimiter = b"--" + boundary
+    shown = delimiter.decode("latin-1")
+    if body and not body.lstrip(b"\r\n").startswith(delimiter):
+        raise HTTPProblem(400, f"malformed multipart body: it does not begin with its boundary {shown!r}")
+    parts: list[dict] = []
+    header: list[bytes] = [b"", b""]  # the field and value of the header being read
+    ended = False
+
+    def on_part_begin() -> None:
+        if len(parts) >= MAX_PARTS:
+            raise HTTPProblem(400, f"malformed multipart body: more than {MAX_PARTS} parts")
+        parts.append({"headers": {}, "data": []})
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        parts[-1]["headers"][header[0].strip().lower()] = header[1].strip()
+        header[:] = [b"", b""]
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"].append(data[start:end])
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+        "on_end": on_end,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as error:
+        raise HTTPProblem(400, f"malformed multipart body: {error}") from None
+    if not ended:
+        raise HTTPProblem(
+            400,
+            f"malformed multipart body: it ends before its closing boundary {shown + '--'!r} (after {len(body)} "
+            "bytes; was the upload cut short?)",
+        )
+    images = []
+    for part in parts:
+        kind, options = parse_options_header(part["headers"].get(b"content-disposition"))
+        if kind != b"form-data" or not options.get(b"name"):
+            raise HTTPProblem(
+                400, "malformed multipart body: a part has no 'Content-Disposition: form-data; name=...' header"
+            )
+        if options[b"name"] == b"image":
+            images.append((options, b"".join(part["data"])))
+    if not images:
+        raise HTTPProblem(422, "the multipart body has no field 'image'")
+    if len(images) > 1:
+        raise HTTPProblem(422, "the multipart field 'image' is given more than once; send one image")
+    options, data = images[0]
+    if b"filename" not in options:
+        raise HTTPProblem(422, "the multipart field 'image' must be a file (curl -F image=@photo.jpg)")
+    return data
 
 
 def check_size(image: np.ndarray, settings: InferenceSettings) -> None:

@@ -97,15 +97,17 @@ class BatchWorker:
             self._cond.notify()
         return job
 
-    def forget(self, job: Job) -> None:
+    def forget(self, job: Job) -> bool:
         """Take ``job`` out of the queue if it still waits (its request gave up) and cancel its future; a job being
-        computed finishes and its result is dropped."""
+        computed finishes and its result is dropped. True when the job was still waiting (it is never computed)."""
         with self._cond:
             try:
                 self._pending.remove(job)
+                waiting = True
             except ValueError:
-                pass
+                waiting = False
         job.future.cancel()
+        return waiting
 
     def rate(self, window: float = 30.0) -> float:
         """Images finished per second over the last ``window`` seconds."""

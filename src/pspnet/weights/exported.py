@@ -25,6 +25,7 @@ __all__ = [
     "INPUT_KINDS",
     "METADATA_FILE",
     "OUTPUT_KINDS",
+    "PRECISIONS",
     "SUFFIXES",
     "ExportedMetadata",
     "export_metadata",
@@ -49,9 +50,16 @@ OUTPUT_KINDS: dict[str, str] = {
     "proba": "float32 class probabilities (N, K, H, W), the softmax over the K classes",
     "labels": "int64 class ids (N, H, W), the argmax over the classes",
 }
+# The arithmetic inside the graph. The input and output kinds above hold for both: a float16 file casts its
+# (normalised) input to float16 inside and its logits back to float32 before the softmax or argmax.
+PRECISIONS: dict[str, str] = {
+    "fp32": "float32 weights and activations",
+    "fp16": "float16 weights and activations for GPU runtimes, with float32 at the ends (the input normalised in "
+    "float32, then cast; the logits cast to float32 before the softmax or argmax)",
+}
 METADATA_FILE = "pspnet_metadata.json"  # the extra file of a TorchScript or ExportedProgram archive
 # Metadata entries stored as plain text; every other entry is JSON.
-_TEXT_KEYS = ("pspnet_version", "dataset", "format", "input", "output", "exported_by", "quantization")
+_TEXT_KEYS = ("pspnet_version", "dataset", "format", "input", "output", "exported_by", "quantization", "precision")
 
 
 # -- metadata --------------------------------------------------------------------------------------------------
@@ -62,8 +70,9 @@ class ExportedMetadata:
     """What an exported file says about itself: the model ``card``, its ``format``, ``input_kind`` and
     ``output_kind`` (keys of :data:`INPUT_KINDS` / :data:`OUTPUT_KINDS`), ``input_shape`` and ``output_shape``
     (each side an integer, or the name of a dynamic one: ``batch``, ``height``, ``width``), ``min_size``
-    ([height, width], the smallest input a dynamic export accepts; None for a static one), ``exported_by``, and
-    ``quantization`` (None for a float32 file; ``"int8 static, N calibration images"`` for an int8 one)."""
+    ([height, width], the smallest input a dynamic export accepts; None for a static one), ``exported_by``,
+    ``quantization`` (None for a float32 file; ``"int8 static, N calibration images"`` for an int8 one), and
+    ``precision`` (a key of :data:`PRECISIONS`: ``"fp16"`` for a float16 file, else ``"fp32"``)."""
 
     card: ModelCard
     format: str
@@ -74,6 +83,7 @@ class ExportedMetadata:
     min_size: tuple[int, int] | None
     exported_by: str
     quantization: str | None = None
+    precision: str = "fp32"
 
 
 def _shapes(
@@ -93,15 +103,17 @@ def export_metadata(
     output_kind: str,
     static_size: tuple[int, int] | None = None,
     min_size: tuple[int, int] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, str]:
     """The string entries an exported file carries (an ONNX file's ``metadata_props``).
 
     The model card's entries under the keys of a model file (``model``, ``classes``, ``palette``,
     ``ignore_index``, ``normalization``, ``inference``, ``source``, ``pspnet_version``, and ``dataset`` when it has
     one), then ``format``, ``input`` and ``output`` (the kinds), ``input_shape`` and ``output_shape`` (lists of
-    sizes and dynamic side names), ``min_size`` and ``exported_by`` (pspnet's and torch's versions). Values are JSON
-    (``json.loads`` them), except the plain-text ``pspnet_version``, ``dataset``, ``format``, ``input``,
-    ``output`` and ``exported_by``.
+    sizes and dynamic side names), ``min_size`` and ``exported_by`` (pspnet's and torch's versions), and
+    ``precision: "fp16"`` in a float16 file only (a file without it is float32). Values are JSON (``json.loads``
+    them), except the plain-text ``pspnet_version``, ``dataset``, ``format``, ``input``, ``output``,
+    ``exported_by`` and ``precision``.
     """
     image, out = _shapes(input_kind, output_kind, card.num_classes, static_size)
     entries: dict[str, Any] = {
@@ -116,6 +128,8 @@ def export_metadata(
     }
     if entries["dataset"] is None:
         del entries["dataset"]
+    if precision != "fp32":
+        entries["precision"] = precision
     return {key: value if key in _TEXT_KEYS else json.dumps(value) for key, value in entries.items()}
 
 
@@ -124,7 +138,7 @@ def parse_metadata(props: Mapping[str, str], where: Any) -> ExportedMetadata:
     A missing or malformed entry is an ExportError naming ``where``."""
     export_keys = ("format", "input", "output", "input_shape", "output_shape", "min_size", "exported_by")
     missing = [key for key in export_keys if key not in props]
-    export_keys += ("quantization",)  # optional: only a quantised file has it
+    export_keys += ("quantization", "precision")  # optional: only a quantised / a float16 file has it
     if missing:
         raise ExportError(f"{where}: not a pspnet export (no metadata {', '.join(missing)})")
     values: dict[str, Any] = {}
@@ -138,7 +152,13 @@ def parse_metadata(props: Mapping[str, str], where: Any) -> ExportedMetadata:
             raise ExportError(f"{where}: metadata {key} is not JSON ({error.msg})") from None
     values.setdefault("dataset", None)
     card = ModelCard.from_dict({key: values[key] for key in values if key not in export_keys}, where)
-    for key, allowed in (("format", FORMATS), ("input", INPUT_KINDS), ("output", OUTPUT_KINDS)):
+    values.setdefault("precision", "fp32")
+    for key, allowed in (
+        ("format", FORMATS),
+        ("input", INPUT_KINDS),
+        ("output", OUTPUT_KINDS),
+        ("precision", PRECISIONS),
+    ):
         if values[key] not in allowed:
             raise ExportError(f"{where}: metadata {key} must be one of {', '.join(allowed)}, got {values[key]!r}")
     min_size = values["min_size"]
@@ -152,4 +172,5 @@ def parse_metadata(props: Mapping[str, str], where: Any) -> ExportedMetadata:
         min_size=None if min_size is None else (int(min_size[0]), int(min_size[1])),
         exported_by=values["exported_by"],
         quantization=values.get("quantization"),
+        precision=values["precision"],
     )

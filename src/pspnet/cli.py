@@ -669,7 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="model file (.safetensors) or training run directory; its card gives the protocol's crop and base "
         "size (default: --arch with random weights)",
     )
-    bench.add_argument("--arch", choices=sorted(MODELS), help="model built with random weights (default: pspnet50)")
+    bench.add_argument(
+        "--arch",
+        choices=sorted(MODELS),
+        metavar="NAME",
+        help="model built with random weights: pspnetD, deeplabv3plusD or unetD with D in 18, 34, 50, 101, 152 "
+        "(default: pspnet50)",
+    )
     bench.add_argument("--classes", type=positive_int, help="classes of the --arch model (default: 150, ADE20K)")
     bench.add_argument(
         "--size",

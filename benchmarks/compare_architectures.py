@@ -82,6 +82,8 @@ HOLDOUT = "0006R0"  # the CamVid sequence held out of training (configs/camvid_p
 THIN = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 LARGE = ("Sky", "Building", "Road")
 TIMING_SIZE = (360, 480)  # CamVid's native size, evaluated whole
+# Config keys that do not change the trained model: a run in the work directory may differ in them.
+BOOKKEEPING = ("keep_last", "workers", "log_every")
 # The page's first section: the qualitative table the comparison tests, as the seed states it. Cells it leaves
 # empty stay empty; the measured rows below never depend on this text.
 CLAIM_ROWS = (
@@ -175,7 +177,7 @@ def protocol_overrides(plan: Plan, seed: int) -> list[str]:
         f"seed={seed}",
         f"val_every={plan.val_every}",
         f"checkpoint_every={plan.val_every}",
-        f"keep_last={plan.swing}",
+        f"keep_last={plan.swing + 2}",  # room for a checkpoint saved on an interruption or two
     ]
     if plan.eval_limit is not None:
         overrides.append(f"val_limit={plan.eval_limit}")
@@ -232,9 +234,10 @@ def saved_config_differences(run: Path, intended: dict[str, Any]) -> list[str]:
 
 
 def run_child(command: list[str]) -> tuple[int, int | None]:
-    """Run ``command`` from the repository root with ``src`` first on PYTHONPATH; SIGINT and SIGTERM received
-    here are passed on, so the training run saves its last step. Returns (exit status, the signal received or
-    None)."""
+    """Run ``command`` from the repository root with ``src`` first on PYTHONPATH. SIGINT or SIGTERM received here
+    sends the training run SIGTERM, which it honours even where it inherited an ignored SIGINT (a job in the
+    background of a non-interactive shell): it saves its last step and exits. Returns (exit status, the signal
+    received or None)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     process = subprocess.Popen(command, cwd=ROOT, env=env)
@@ -243,7 +246,7 @@ def run_child(command: list[str]) -> tuple[int, int | None]:
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
         print(f"\n{signal.Signals(signum).name}: waiting for pspnet train to save its last step", file=sys.stderr)
-        process.send_signal(signum)
+        process.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -261,7 +264,7 @@ def train_or_reuse(plan: Plan, variant: Variant, seed: int, position: str) -> Pa
     run = run_dir(plan, variant, seed)
     overrides = run_overrides(plan, variant, seed)
     intended = load_train_config(str(plan.config), overrides).to_dict()  # a bad override fails here, named
-    changed = saved_config_differences(run, intended)
+    changed = [key for key in saved_config_differences(run, intended) if key not in BOOKKEEPING]
     if changed:
         raise SystemExit(
             f"error: {run} holds a run with other settings ({', '.join(changed)}); give another --work or remove it"
@@ -374,29 +377,47 @@ def spread(values: Sequence[float | None]) -> float | None:
     return max(defined) - min(defined) if len(defined) > 1 else None
 
 
+def swing_iterations(plan: Plan) -> list[int]:
+    """The last ``plan.swing`` iterations at which a run validates and keeps a checkpoint: multiples of
+    ``val_every`` and the last iteration."""
+    scheduled = {*range(plan.val_every, plan.iterations + 1, plan.val_every), plan.iterations}
+    return sorted(scheduled)[-plan.swing :]
+
+
 def run_results(plan: Plan, run: Path, dataset: SegmentationDataset) -> dict[str, Any]:
     """One run: its last checkpoint's scores, the held-out mIoU of its last ``plan.swing`` validations (log.jsonl)
-    and every score's swing over the checkpoints of those validations, its training time."""
-    logged = validations(run)
-    last = logged[-plan.swing :]
+    and every score's swing over the checkpoints of those validations, its training time.
+
+    A run stopped by a signal right at a validation skips it (and saves its checkpoint): that checkpoint's mIoU
+    then comes from its evaluation here, the same computation on the same images."""
+    logged = dict(validations(run))
     evals: dict[int, dict[str, float | None]] = {}
-    for iteration, _ in last:
+    for iteration in swing_iterations(plan):
         checkpoint = run / f"ckpt_{iteration}"
         if not (checkpoint / "model.safetensors").is_file():
+            print(f"  {checkpoint} is missing (removed by keep_last after interruptions): left out", flush=True)
             continue
         final = iteration == plan.iterations
         cache = plan.work / "eval" / run.name / f"ckpt_{iteration}.json"
         pred_dir = plan.work / "eval" / run.name / f"predictions_{iteration}" if final else None
         evals[iteration] = scores(evaluate_checkpoint(checkpoint, dataset, plan.eval_limit, cache, pred_dir))
     final_scores = evals[plan.iterations]
+    history = [
+        (i, percent(logged[i]) if logged.get(i) is not None else evals[i]["mIoU"])
+        for i in swing_iterations(plan)
+        if i in logged or i in evals
+    ]
     swings = {key: spread([e[key] for e in evals.values()]) for key in final_scores}
-    swings["mIoU"] = spread([percent(m) for _, m in last])  # the log's own record of the validations
+    swings["mIoU"] = spread([m for _, m in history])
     return {
         "run": str(run),
         "scores": final_scores,
         "swings": swings,
-        "validations": [(i, percent(m)) for i, m in last],
-        "evaluated": sorted(evals),
+        "validations": history,
+        "from_evaluation": [i for i, _ in history if logged.get(i) is None],
+        "log_agrees": all(
+            abs(percent(logged[i]) - evals[i]["mIoU"]) < 1e-9 for i in evals if logged.get(i) is not None
+        ),
         **training_time(run),
     }
 
@@ -883,12 +904,35 @@ def results_lines(plan: Plan, results: dict[str, Any]) -> list[str]:
     for key in keys:
         row = rows[key]
         for seed, run in zip(plan.seeds, row["seeds"]):
-            history = ", ".join(f"{i}: {cell(m)}" for i, m in run["validations"])
+            history = ", ".join(
+                f"{i}: {cell(m)}{'*' if i in run['from_evaluation'] else ''}" for i, m in run["validations"]
+            )
             sw = run["swings"]
             lines.append(
                 f"| {row['title']} | {seed} | {history} | {cell(sw['mIoU'])} | {cell(sw['mAcc'])} | "
                 f"{cell(sw['mBIoU'])} | {cell(sw['thin'])} | {cell(sw['large'])} |"
             )
+    runs = [run for row in rows.values() for run in row["seeds"]]
+    agree = all(run["log_agrees"] for run in runs)
+    lines += [
+        "",
+        (
+            "Swings in points, from the last checkpoint and those before it (mIoU: the validations logged by the "
+            "runs). "
+            + (
+                "* this validation was skipped when the run was stopped there and resumed; the value is this "
+                "script's evaluation of that checkpoint. "
+                if any(run["from_evaluation"] for run in runs)
+                else ""
+            )
+            + (
+                "The logged validation mIoU equals this script's evaluation of the same checkpoints."
+                if agree
+                else "The logged validation mIoU differs from this script's evaluation of the same checkpoint for "
+                "some runs: see results.json."
+            )
+        ),
+    ]
     names = [*THIN, *LARGE]
     lines += [
         "",

@@ -108,11 +108,20 @@ class Variant:
     isolates: str
 
 
+# U-Net's narrowest decoder block (the last, at full resolution, just before the classifier) is kept at least this
+# wide: its usual width (256-128-64-32-16), above CamVid's 11 classes.
+UNET_NARROWEST = 16
+
+
 def head_width(config: TrainConfig, architecture: str) -> int:
     """``architecture``'s head width scaled as the config scales PSPNet's: the config's head_channels over PSPNet's
-    paper width (128 / 512), times the architecture's paper width (ARCHITECTURES)."""
+    paper width (128 / 512), times the architecture's paper width (ARCHITECTURES); for U-Net no less than keeps its
+    narrowest block UNET_NARROWEST channels wide (scaled by 1/4, it would end with 4 channels for 11 classes)."""
     factor = config.model.head_channels / ARCHITECTURES["pspnet"].head_channels
-    return max(1, round(ARCHITECTURES[architecture].head_channels * factor))
+    width = max(1, round(ARCHITECTURES[architecture].head_channels * factor))
+    if architecture == "unet":
+        width = max(width, UNET_NARROWEST * 2 ** (UNET_BLOCKS - 1))
+    return width
 
 
 def variants(config: TrainConfig) -> list[Variant]:
@@ -740,6 +749,7 @@ def method_lines(
 ) -> list[str]:
     m = config.model
     factor = m.head_channels / ARCHITECTURES["pspnet"].head_channels
+    literal_narrowest = round(ARCHITECTURES["unet"].head_channels * factor) // 2 ** (UNET_BLOCKS - 1)
     lines = [
         "## Method",
         "",
@@ -762,7 +772,9 @@ def method_lines(
         (
             f"- **Widths**: the config departs from PSPNet's paper head (512) with {m.head_channels} channels, a factor "
             f"of {factor:g}; DeepLab v3+'s and U-Net's paper widths ({ARCHITECTURES['deeplabv3plus'].head_channels} "
-            f"and {ARCHITECTURES['unet'].head_channels}) get the same factor. Output stride: the config's "
+            f"and {ARCHITECTURES['unet'].head_channels}) get the same factor, except that U-Net's last decoder block "
+            f"stays at least {UNET_NARROWEST} channels wide (its usual width; the factor alone would leave it "
+            f"{literal_narrowest} channels for {DATASETS['camvid'].num_classes} classes). Output stride: the config's "
             f"{m.output_stride} for PSPNet and DeepLab v3+ (ASPP rates follow it), "
             f"{ARCHITECTURES['unet'].output_strides[0]} for U-Net (no dilation). DeepLab v3+'s 48-channel reduction of "
             "layer1 is a fixed constant of the decoder and is not scaled."

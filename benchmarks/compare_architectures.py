@@ -899,13 +899,7 @@ def results_lines(plan: Plan, results: dict[str, Any]) -> list[str]:
         (
             "Scores in percent on the held-out images; noise in points (see Method). Training step: batch "
             f"{plan.memory_batch} at {plan.memory_crop[0]}x{plan.memory_crop[1]}, fastest step; step memory: what "
-            "the step adds above the RSS before it (peak RSS of its process in brackets). The processes were "
-            f"started while this one held {results['parent_gib']:.2f} GiB, the floor of a child's peak RSS on Linux: "
-            + (
-                f"the peaks of {', '.join(results['memory_floored'])} are at that floor, so they are not measured."
-                if results["memory_floored"]
-                else "every peak is above it."
-            )
+            "the step adds above the RSS before it (peak RSS of its process in brackets: VmHWM, its own)."
         ),
         "",
         f"Held-out mIoU at the last {plan.swing} validations, and each score's noise:",
@@ -1060,10 +1054,7 @@ def measure(
         for variant in rows:
             done += 1
             runs.setdefault(variant.key, []).append(train_or_reuse(plan, variant, seed, f"[{done}/{total}]"))
-    # Memory first, while this process holds no model: a spawned process's peak RSS (ru_maxrss) starts from the
-    # RSS of the process that started it (Linux keeps the high-water mark across exec).
     print("\ntraining-step memory, each model in a process of its own", flush=True)
-    parent_gib = resident_gib()
     memory = measure_memory(models, plan)
     print("\nevaluating on the held-out sequence", flush=True)
     table: dict[str, dict[str, Any]] = {}
@@ -1076,7 +1067,6 @@ def measure(
     for key, row in table.items():
         row["efficiency"] = efficiency(samples, memory, key)
         row["speed_samples"] = samples[key]
-    floored = [row["title"] for row in table.values() if row["efficiency"]["peak_gib"] <= parent_gib]
     index = pick_image(dataset, plan.eval_limit)
     photo, truth = dataset.load(index)
     name = dataset.samples[index].name
@@ -1102,20 +1092,7 @@ def measure(
         "rows": table,
         "verdicts": verdicts(table),
         "figure": {"name": name, "window": window, "path": str(figure_path)},
-        "parent_gib": parent_gib,
-        "memory_floored": floored,
     }
-
-
-def resident_gib() -> float:
-    """This process's resident set size now (VmRSS), in GiB; 0 where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return 0.0
 
 
 def estimate(plan: Plan, results: dict[str, Any], dataset_size: int, full_iterations: int, batch: int) -> str:

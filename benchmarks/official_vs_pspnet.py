@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import shlex
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from reference_pspnet import official_state_dict
 
 import pspnet
 from pspnet import heap
-from pspnet.bench import machine_info
+from pspnet.bench import machine_info, peak_rss_bytes
 from pspnet.constants import IMAGENET_MEAN, IMAGENET_STD
 from pspnet.engine.train import StepSettings, param_groups, train_step
 from pspnet.inference import cpu_flags, normalize
@@ -169,10 +168,10 @@ def _train_worker(kind: str, kept: bool, path: str, repeat: int) -> list[tuple[s
         def step() -> float:
             return train_step(model, optimizer, scaler, [batch], StepSettings())
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_bytes()
     seconds = best_time(step, repeat)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    note = f"peak RSS {peak / 2**20:.2f} GiB ({(peak - before) / 2**20:.2f} GiB above the RSS before the first step)"
+    peak = peak_rss_bytes()
+    note = f"peak RSS {peak / 2**30:.2f} GiB ({(peak - before) / 2**30:.2f} GiB above the RSS before the first step)"
     return [(f"{name} ({'heap kept' if heap.kept() else 'glibc heap defaults'})", seconds, note)]
 
 

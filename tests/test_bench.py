@@ -227,3 +227,25 @@ def test_the_command_refuses_bad_flags(tmp_path, capsys):
         main(["bench", "--help"])
     assert done.value.code == 0
     assert ",".join(WHAT) in " ".join(capsys.readouterr().out.split())
+
+
+def _child_peak(queue) -> None:
+    queue.put(bench.peak_rss_bytes())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux: the inherited ru_maxrss is Linux's")
+def test_a_spawned_process_reports_its_own_peak_not_its_parents():
+    """Linux's ru_maxrss survives exec, so a child spawned by a parent holding 1 GiB would report at least that (1 GiB here);
+    the training step's memory is measured in such a child (measure_train)."""
+    import multiprocessing
+
+    held = bytearray(2**30)
+    held[::4096] = b"\1" * len(held[::4096])  # touch every page: resident
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_child_peak, args=(queue,))
+    child.start()
+    peak = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert bench.peak_rss_bytes() >= len(held)  # the parent's own peak includes what it holds
+    assert 0 < peak < len(held)  # a fresh interpreter with torch imported stays far below 1 GiB

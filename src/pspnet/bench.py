@@ -398,8 +398,18 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def _peak_rss_bytes() -> int | None:
-    """This process's peak resident set size (``ru_maxrss``: KiB on Linux, bytes on macOS), else None."""
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size, else None: ``VmHWM`` of ``/proc/self/status`` on Linux, the peak of
+    this process's own memory since it started; elsewhere ``ru_maxrss`` (bytes on macOS). Linux's ``ru_maxrss``
+    is no use in a spawned process: it keeps the parent's peak across ``exec`` (a child of a parent holding 1 GiB
+    starts at 1 GiB there, at 14 MiB in ``VmHWM``)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
@@ -462,7 +472,7 @@ def time_train_steps(
     if device.type == "cuda":
         before = torch.cuda.memory_allocated(device)
     else:
-        before = _rss_bytes() or _peak_rss_bytes()
+        before = _rss_bytes() or peak_rss_bytes()
     losses: list[float] = []
     seconds: list[float] = []
     for step in range(steps + 1):
@@ -476,7 +486,7 @@ def time_train_steps(
     if device.type == "cuda":
         kind, peak = "cuda allocated", torch.cuda.max_memory_allocated(device)
     else:
-        kind, peak = "peak RSS", _peak_rss_bytes()
+        kind, peak = "peak RSS", peak_rss_bytes()
     return {
         "pid": os.getpid(),
         "threads": torch.get_num_threads(),

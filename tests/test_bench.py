@@ -235,7 +235,7 @@ def _child_peak(queue) -> None:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux: the inherited ru_maxrss is Linux's")
 def test_a_spawned_process_reports_its_own_peak_not_its_parents():
-    """Linux's ru_maxrss survives exec, so a child spawned by a parent holding 1 GiB would report at least that (1 GiB here);
+    """Linux's ru_maxrss survives exec, so a child spawned by a parent holding 1 GiB would report at least that;
     the training step's memory is measured in such a child (measure_train)."""
     import multiprocessing
 

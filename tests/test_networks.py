@@ -330,6 +330,7 @@ def test_train_eval_predict_and_segmenter(variant, runs, data_root, tmp_path, ca
     assert model.config.skip_decoder == (variant == "pspnet+skip")
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if "val_mIoU" in r] == [2]
+    assert all(0 <= r["val_mBIoU"] <= 1 for r in records if "val_mIoU" in r)  # boundary IoU logged beside mIoU
 
     capsys.readouterr()
     args = ["--dataset", "folder", "--root", str(data_root), "--workers", "0", "--out", str(tmp_path / "eval")]

@@ -932,6 +932,7 @@ def _validate_and_track_best(run: TrainingRun, iteration: int, bar: tqdm) -> boo
                 "val_mIoU": miou,
                 "val_mAcc": report["mAcc"],
                 "val_allAcc": report["allAcc"],
+                "val_mBIoU": report["mBIoU"],
                 "val_images": report["images"],
             }
         )

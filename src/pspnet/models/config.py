@@ -132,12 +132,12 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
 
 def check_model_config(config: ModelConfig, where: str, *, prefix: str = "", classes_given: bool = True) -> None:
     """Raise a ConfigError ``"{where}: {prefix}{field} must be ..., got ..."`` (``where`` may be empty) for the
-    first field of ``config``
-    that is out of range (types included, so a config built in code is checked too).
+    first field of ``config`` that is out of range (types included, so a config built in code is checked too), then
+    for a field its architecture cannot take (an output stride U-Net lacks, PSPNet's fields on another network).
 
     ``classes_given=False`` skips ``num_classes`` while it is None (a training config, before the data set is
-    read). Used by training configs, model files and :class:`~pspnet.models.pspnet.PSPNet` itself, so the rules
-    are written once.
+    read). Used by training configs, model files and every network's constructor
+    (:class:`~pspnet.models.network.SegmentationNetwork`), so the rules are written once.
     """
     for name, allowed, rule in _RULES:
         value = getattr(config, name)

@@ -314,12 +314,15 @@ def _html_models(models: list[_Trained], config: TrainConfig) -> str:
         f"<td>{_pct(m.report['mIoU'])}</td><td>{_pct(m.report['mBIoU'])}</td></tr>"
         for m in models
     )
+    length = f"{models[0].iterations} iterations"
+    if config.time_budget is not None:
+        length += f", as many as {models[0].variant.title} made in its {config.time_budget}-minute time budget"
     return (
         "<h3>Models</h3><p>Every model trained from scratch on the same scenes with the same recipe (batch "
         f"{config.batch_size}, crop {config.crop_size[0]} x {config.crop_size[1]}, learning rate {config.lr}, "
-        f"head x{config.head_lr_mult}, aux loss x{config.aux_weight}), seed {config.seed} and number of iterations "
-        f"(the first model's time budget decided it), on the same ResNet-{models[0].config.depth} backbone with the "
-        "demo's widths; where a setting does not apply to an architecture it keeps that architecture's own. "
+        f"head x{config.head_lr_mult}, aux loss x{config.aux_weight}), seed {config.seed} and {length}, on the same "
+        f"ResNet-{models[0].config.depth} backbone with the demo's widths; where a setting does not apply to an "
+        "architecture it keeps that architecture's own. "
         "Parameters: trainable, aux head excluded (it is used in training only). Boundary IoU (BIoU): IoU of the "
         "pixels within 2% of the image diagonal of each class's contour.</p>"
         "<table class='models'><tr><th>model</th><th>settings</th><th>parameters</th><th>iterations</th>"

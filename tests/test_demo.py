@@ -130,6 +130,7 @@ def test_demo_compare_trains_every_architecture_for_the_same_iterations(tmp_path
 
     # the page: every model in the tables, its metrics file, its curve and its prediction of each held-out scene
     page = (out / "index.html").read_text()
+    assert "seed 0 and 1 iterations, as many as PSPNet made in its 0.001-minute time budget" in page
     for title in titles:
         assert page.count(f"<td>{title}</td>") == 1, title  # its row in the models table
         assert page.count(f"<figcaption>{title}</figcaption>") == 2, title  # its curve and its prediction

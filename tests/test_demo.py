@@ -111,9 +111,12 @@ def test_demo_compare_trains_every_architecture_for_the_same_iterations(tmp_path
     assert list(entries) == ["pspnet", "no_ppm", "skip_decoder", "deeplabv3plus", "unet"]
     assert [entries[n]["architecture"] for n in entries] == ["pspnet"] * 3 + ["deeplabv3plus", "unet"]
     assert {entry["iterations"] for entry in entries.values()} == {1}
-    # the demo's widths everywhere; a field an architecture lacks keeps its default (U-Net: output stride 32)
-    assert {entry["model"]["head_channels"] for entry in entries.values()} == {demo.DEMO_CONFIG["head_channels"]}
+    # the demo's widths, except where they do not fit an architecture: U-Net keeps its output stride and widths
+    width = demo.DEMO_CONFIG["head_channels"]
+    assert [entries[n]["model"]["head_channels"] for n in entries] == [width] * 4 + [256]
     assert [entries[n]["model"]["output_stride"] for n in entries] == [8, 8, 8, 8, 32]
+    assert {entry["model"]["aux_channels"] for entry in entries.values()} == {demo.DEMO_CONFIG["aux_channels"]}
+    assert "5 decoder blocks 256-128-64-32-16 channels" in entries["unet"]["settings"]
     assert entries["no_ppm"]["model"]["ppm"] is False and entries["skip_decoder"]["model"]["skip_decoder"] is True
     assert len({entry["parameters"] for entry in entries.values()}) == 5
     for name, entry in entries.items():

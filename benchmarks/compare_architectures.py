@@ -61,14 +61,13 @@ from pspnet.bench import machine_info, measure_train, time_call
 from pspnet.data.classes import DATASETS
 from pspnet.data.datasets import SegmentationDataset, build_dataset
 from pspnet.data.io import read_mask
+from pspnet.demo import describe_head
 from pspnet.engine.config import TrainConfig, load_train_config
 from pspnet.engine.evaluate import evaluate
 from pspnet.inference import InferenceSettings, cpu_flags
 from pspnet.introspect import summarize
-from pspnet.models.aspp import aspp_rates
 from pspnet.models.build import build_model
 from pspnet.models.config import ARCHITECTURES, UNET_BLOCKS, ModelConfig
-from pspnet.models.decoders import REDUCED_CHANNELS
 from pspnet.segmenter import prepare_for_inference
 from pspnet.visualize import colorize
 
@@ -715,22 +714,6 @@ def cell(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def head_words(config: ModelConfig) -> str:
-    """The decode head of ``config`` in words, with its widths."""
-    c = config.head_channels
-    if config.architecture == "deeplabv3plus":
-        rates = "-".join(map(str, aspp_rates(config.output_stride)))
-        return f"ASPP {c} wide (rates {rates}), decoder {c} wide on layer1 reduced to {REDUCED_CHANNELS}"
-    if config.architecture == "unet":
-        widths = "-".join(str(c // 2**i) for i in range(UNET_BLOCKS))
-        return f"{UNET_BLOCKS} decoder blocks {widths} wide, skips from the stem and layer1-3"
-    parts = [f"pyramid pooling (bins {'-'.join(map(str, config.bins))})"] if config.ppm else ["no pyramid pooling"]
-    parts.append(f"3x3 conv to {c}")
-    if config.skip_decoder:
-        parts.append(f"decoder {max(c // 2, 1)} wide on layer1 reduced to {REDUCED_CHANNELS}")
-    return ", ".join(parts)
-
-
 def claim_lines() -> list[str]:
     lines = [
         "## The claim",
@@ -791,7 +774,7 @@ def method_lines(
         numbers = counts(config_row)
         overrides = " ".join(f"`{o}`" for o in variant.overrides) or "(none)"
         lines.append(
-            f"| {variant.title} | {overrides} | {variant.isolates} | {head_words(config_row)} | "
+            f"| {variant.title} | {overrides} | {variant.isolates} | {describe_head(config_row)} | "
             f"{config_row.output_stride} | {numbers['parameters'] / 1e6:.2f} M | {numbers['gflops']:.1f} |"
         )
     unet = models["unet"]

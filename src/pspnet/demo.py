@@ -43,7 +43,7 @@ from .runs import load_model
 from .segmenter import Segmenter
 from .visualize import colorize, overlay, with_legend
 
-__all__ = ["DEMO_CONFIG", "VARIANTS", "Variant", "demo_config", "demo_variants", "run_demo"]
+__all__ = ["DEMO_CONFIG", "VARIANTS", "Variant", "demo_config", "demo_variants", "describe_head", "run_demo"]
 
 # The demo's training recipe; configs/demo.yaml holds the same values (a test keeps them equal).
 DEMO_CONFIG: dict[str, Any] = {
@@ -151,23 +151,28 @@ def _save_png(array: np.ndarray, path: Path) -> str:
     return path.name
 
 
+def describe_head(config: ModelConfig) -> str:
+    """A model's decode head in words, with its widths."""
+    width = config.head_channels
+    if config.architecture == "pspnet":
+        bins = "-".join(map(str, config.bins))
+        text = f"pyramid pooling (bins {bins}), " if config.ppm else "no pyramid pooling, "
+        text += f"3x3 head conv {width} channels"
+        if config.skip_decoder:
+            text += f", then a stride-4 skip decoder {max(width // 2, 1)} channels on layer1"
+        return text
+    if config.architecture == "deeplabv3plus":
+        rates = "-".join(map(str, aspp_rates(config.output_stride)))
+        return f"ASPP (rates {rates}) {width} channels, stride-4 decoder {width} channels on layer1"
+    widths = "-".join(str(width // 2**i) for i in range(UNET_BLOCKS))  # unet
+    return f"{UNET_BLOCKS} decoder blocks {widths} channels, skips from the stem and layer1-3"
+
+
 def describe_model(config: ModelConfig) -> str:
     """The settings of a model in one line for people: backbone, output stride, head and widths, aux head."""
     stem = "-".join(map(str, STEMS[config.stem]))
     text = f"ResNet-{config.depth} ({config.stem} stem {stem}), output stride {config.output_stride}; "
-    width = config.head_channels
-    if config.architecture == "pspnet":
-        bins = "-".join(map(str, config.bins))
-        text += f"pyramid pooling (bins {bins}), " if config.ppm else "no pyramid pooling, "
-        text += f"3x3 head conv {width} channels"
-        if config.skip_decoder:
-            text += f", then a stride-4 skip decoder {max(width // 2, 1)} channels on layer1"
-    elif config.architecture == "deeplabv3plus":
-        rates = "-".join(map(str, aspp_rates(config.output_stride)))
-        text += f"ASPP (rates {rates}) {width} channels, stride-4 decoder {width} channels on layer1"
-    else:  # unet
-        widths = "-".join(str(width // 2**i) for i in range(UNET_BLOCKS))
-        text += f"{UNET_BLOCKS} decoder blocks {widths} channels, skips from the stem and layer1-3"
+    text += describe_head(config)
     if config.aux:
         text += f"; aux FCN head on layer3 {config.aux_channels} channels (training only)"
     return f"{text}; dropout {config.dropout}"

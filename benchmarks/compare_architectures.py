@@ -2,7 +2,8 @@
 docs/comparison.md.
 
     PYTHONPATH=src nice -n 19 .venv/bin/python benchmarks/compare_architectures.py [--iterations 1000]
-        [--seeds 0 1 2] [--work runs/compare_architectures] [--doc docs/comparison.md]
+        [--seeds 0 1 2] [--set KEY=VALUE ...] [--rows pspnet deeplabv3plus unet ...] [--context DIR|none]
+        [--work runs/compare_architectures] [--doc docs/comparison.md]
     PYTHONPATH=src nice -n 19 .venv/bin/python benchmarks/compare_architectures.py --smoke --doc /tmp/smoke.md
     PYTHONPATH=src .venv/bin/python benchmarks/compare_architectures.py --method-only    # the page without results
 
@@ -24,6 +25,13 @@ comparison); parameters and GFLOPs at 360x480 (``pspnet.introspect.summarize``);
 models timed in turn in one loop; the peak memory of a training step at the recipe's batch and crop, each model in a
 process of its own (``pspnet.bench.measure_train``). The page compares the seed's qualitative claims with these
 numbers, row by row, and shows one 0006R0 image segmented by each model with a zoomed crop (PNG beside the page).
+
+``--set`` changes the recipe for every row alike (e.g. a smaller batch where a CPU cannot train five rows at the
+config's batch in the time at hand; the page says so); ``--rows`` runs some rows only (PSPNet always: every verdict
+compares with it; a verdict that needs a row not run says so). The context test: after the rows, the script runs
+``pspnet demo --compare`` into ``--context`` (default ``WORK/demo``; a folder that already holds its
+``comparison.json`` is read, not rerun) for the column of context-scene mIoU: the demo's synthetic scenes test
+context directly, CamVid only indirectly. ``--context none`` leaves the column empty (a smoke run does).
 
 Resumable: runs live in ``--work``; a finished run (its last checkpoint present) is reused, an unfinished one is
 continued with ``pspnet train --resume``, evaluations are cached. Interrupt with Ctrl-C (the run in progress saves
@@ -83,6 +91,20 @@ LARGE = ("Sky", "Building", "Road")
 TIMING_SIZE = (360, 480)  # CamVid's native size, evaluated whole
 # Config keys that do not change the trained model: a run in the work directory may differ in them.
 BOOKKEEPING = ("keep_last", "workers", "log_every")
+ROW_KEYS = ("pspnet", "pspnet_noppm", "pspnet_skip", "deeplabv3plus", "unet")  # the rows of variants(), in order
+# comparison.json of `pspnet demo --compare`: its model names -> this script's rows
+DEMO_ROWS = {
+    "pspnet": "pspnet",
+    "no_ppm": "pspnet_noppm",
+    "skip_decoder": "pspnet_skip",
+    "deeplabv3plus": "deeplabv3plus",
+    "unet": "unet",
+}
+# keys the protocol or a row sets; --set may not change them
+PROTOCOL_KEYS = (
+    "root", "train_exclude", "val_split", "val_include", "iterations", "seed", "val_every", "checkpoint_every",
+    "keep_last", "val_limit", "architecture", "head_channels", "output_stride", "ppm", "skip_decoder",
+)  # fmt: skip
 # The page's first section: the qualitative table the comparison tests, as the seed states it. Cells it leaves
 # empty stay empty; the measured rows below never depend on this text.
 CLAIM_ROWS = (
@@ -157,6 +179,7 @@ class Plan:
     """Everything the command line decides."""
 
     config: Path
+    recipe: tuple[str, ...]  # --set overrides of the config, the same for every row
     root: Path
     iterations: int
     seeds: tuple[int, ...]
@@ -171,12 +194,15 @@ class Plan:
     work: Path
     doc: Path
     smoke: bool
+    rows: tuple[str, ...] | None = None  # --rows: the rows run, None for all
+    context: Path | None = None  # --context: a `pspnet demo --compare` comparison.json
 
 
 def protocol_overrides(plan: Plan, seed: int) -> list[str]:
     """``--set`` values shared by every row: the held-out protocol, the budget, the seed, validation and checkpoints
     at the same iterations (so the last ``swing`` checkpoints stay on disk to be evaluated)."""
     overrides = [
+        *plan.recipe,
         f"root={json.dumps(str(plan.root))}",
         f"train_exclude=[{HOLDOUT}]",
         "val_split=train",
@@ -445,6 +471,45 @@ def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return {"scores": values, "noise": noise, "seeds": per_seed}
 
 
+def read_context(path: Path) -> dict[str, Any]:
+    """The context-scene results of ``pspnet demo --compare`` from its ``comparison.json`` (``path`` is the file
+    or the demo's output folder): ``{"source", "iterations": {row: n}, "mIoU": {row: percent}, "mBIoU": ...}``
+    for the rows it has."""
+    file = path / "comparison.json" if path.is_dir() else path
+    try:
+        models = json.loads(file.read_text())["models"]
+        found = {DEMO_ROWS[m["name"]]: m for m in models if m["name"] in DEMO_ROWS}
+        out: dict[str, Any] = {"source": display_path(file), "iterations": {}, "mIoU": {}, "mBIoU": {}}
+        for key, model in found.items():
+            out["iterations"][key] = int(model["iterations"])
+            out["mIoU"][key] = percent(model["mIoU"])
+            out["mBIoU"][key] = percent(model["mBIoU"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"error: --context {file}: not a comparison.json of pspnet demo --compare ({error})") from None
+    if not found:
+        raise SystemExit(f"error: --context {file}: none of its models is a row here ({', '.join(DEMO_ROWS)})")
+    return out
+
+
+def context_results(plan: Plan) -> dict[str, Any] | None:
+    """The context scenes' results: ``plan.context``'s comparison.json, written first by ``pspnet demo --compare``
+    (a subprocess, as the rows) when the folder has none; None without ``plan.context``."""
+    if plan.context is None:
+        return None
+    file = plan.context if plan.context.suffix == ".json" else plan.context / "comparison.json"
+    if not file.is_file():
+        if plan.context.suffix == ".json":
+            raise SystemExit(f"error: --context {file}: no such file")
+        command = [sys.executable, "-m", "pspnet.cli", "demo", "--compare", "--out", display_path(plan.context)]
+        if plan.context.exists():
+            command.append("--force")  # an interrupted demo: the demo replaces its own files, refuses others
+        print(f"context scenes: {shlex.join(['python', *command[1:]])}", flush=True)
+        code, received = run_child(command)
+        if received is not None or code != 0:
+            raise SystemExit(f"error: pspnet demo --compare exited with status {code} ({plan.context})")
+    return read_context(file)
+
+
 # -- efficiency ----------------------------------------------------------------------------------------------------
 
 
@@ -540,6 +605,9 @@ def judge(
 
 def compare(a: str, b: str, rows: dict[str, dict[str, Any]], key: str, what: str) -> tuple[int | None, str]:
     """Row ``a`` against row ``b`` on score ``key`` (points), with the larger of their noises for that score."""
+    missing = [key for key in (a, b) if key not in rows]
+    if missing:
+        return None, f"{what}, {a} against {b}: not judged, {' and '.join(missing)} not run (--rows)"
     subject = f"{what}, {rows[a]['title']} against {rows[b]['title']}"
     noise = (rows[a]["noise"][key], rows[b]["noise"][key])
     return judge(rows[a]["scores"][key], rows[b]["scores"][key], noise, subject, "")
@@ -550,7 +618,7 @@ def overall(signs: Sequence[int | None]) -> str:
     beyond the noise, 0: within the noise, None: not judged)."""
     judged = [s for s in signs if s is not None]
     if not judged:
-        return "not judged: the noise was not measured"
+        return "not judged: a row it needs was not run, or the noise was not measured"
     if any(s == -1 for s in judged):
         return "mixed: some measured gaps go against it" if 1 in judged else "does not hold on this evidence"
     if all(s == 0 for s in judged):
@@ -560,21 +628,31 @@ def overall(signs: Sequence[int | None]) -> str:
     return "partly holds: the other gaps are within the noise or not judged"
 
 
-def verdicts(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+def verdicts(
+    rows: dict[str, dict[str, Any]], context: dict[str, Any] | None = None
+) -> list[tuple[str, str, list[str]]]:
     """(claim, verdict, evidence sentences) for every row of the seed's table, computed from ``rows``; each
-    comparison is oriented so that "higher" is what the claim says."""
+    comparison is oriented so that "higher" is what the claim says. ``context`` (:func:`read_context`) adds the
+    context scenes' mIoU as evidence; one demo run has no noise measure, so it is shown but not judged."""
     out = []
 
-    context = [
+    context_signs = [
         compare("pspnet", "pspnet_noppm", rows, "mIoU", "mIoU"),
         compare("pspnet", "pspnet_noppm", rows, "large", "large-class IoU"),
         compare("pspnet", "unet", rows, "large", "large-class IoU"),
     ]
+    scenes = []
+    if context is not None:
+        for other in ("pspnet_noppm", "unet"):
+            if "pspnet" in context["mIoU"] and other in context["mIoU"]:
+                title = rows[other]["title"] if other in rows else other
+                subject = f"context-scene mIoU (pspnet demo --compare), PSPNet against {title}"
+                scenes.append(judge(context["mIoU"]["pspnet"], context["mIoU"][other], [None], subject, "")[1])
     out.append(
         (
             "context capture (PSPNet's pyramid pooling; U-Net has no context module)",
-            overall([s for s, _ in context]),
-            [text for _, text in context],
+            overall([s for s, _ in context_signs]),
+            [text for _, text in context_signs] + scenes,
         )
     )
 
@@ -604,6 +682,8 @@ def verdicts(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, list[str]]
     base = rows["pspnet"]["efficiency"]
     memory = []
     for other in ("deeplabv3plus", "unet"):
+        if other not in rows:
+            continue
         value = rows[other]["efficiency"]
         subject = f"training-step memory, PSPNet against {rows[other]['title']}"
         noise = (base["step_gib_noise"], value["step_gib_noise"])
@@ -737,14 +817,20 @@ def method_lines(
         "## Method",
         "",
         (
-            f"- **Recipe**: `{display_path(plan.config)}` unchanged for every row: ResNet-{m.depth} with the {m.stem} "
+            f"- **Recipe**: `{display_path(plan.config)}` "
+            + (
+                f"with {', '.join(f'`{o}`' for o in plan.recipe)} for every row (the same departure for all)"
+                if plan.recipe
+                else "unchanged for every row"
+            )
+            + f": ResNet-{m.depth} with the {m.stem} "
             f"stem from scratch, crops {config.crop_size[0]}x{config.crop_size[1]} from images scaled "
             f"{config.scale_range[0]}-{config.scale_range[1]}, rotation {config.rotate_range[0]:g} to "
             f"{config.rotate_range[1]:g} degrees, blur and flip, batch {config.batch_size}, SGD lr {config.lr:g} "
             f"({config.head_lr_mult:g}x for the heads), weight decay {config.weight_decay:g}, poly "
             f"{config.poly_power:g}, class weighting {config.class_weighting}, {config.precision}, the auxiliary "
-            f"FCN head on layer3 ({m.aux_channels} wide, loss weight {config.aux_weight:g}) for every row. Only the "
-            f"budget changes: **{plan.iterations} iterations** for every row (the config's "
+            f"FCN head on layer3 ({m.aux_channels} wide, loss weight {config.aux_weight:g}) for every row. The "
+            f"budget: **{plan.iterations} iterations** for every row (the config's "
             f"{config.iterations}), seed{'s' if len(plan.seeds) > 1 else ''} {', '.join(map(str, plan.seeds))}."
         ),
         f"- **Held-out protocol** (the config's): trained on CamVid train without sequence {HOLDOUT} "
@@ -777,8 +863,8 @@ def method_lines(
             f"| {variant.title} | {overrides} | {variant.isolates} | {describe_head(config_row)} | "
             f"{config_row.output_stride} | {numbers['parameters'] / 1e6:.2f} M | {numbers['gflops']:.1f} |"
         )
-    unet = models["unet"]
-    narrowest = unet.head_channels // 2 ** (UNET_BLOCKS - 1)
+    unet = models.get("unet")
+    narrowest = unet.head_channels // 2 ** (UNET_BLOCKS - 1) if unet is not None else UNET_NARROWEST
     classes = DATASETS["camvid"].num_classes
     lines.append("")
     lines.append(
@@ -792,6 +878,10 @@ def method_lines(
             else ""
         )
     )
+    if plan.rows is not None:
+        left = [v.title for v in variants(config) if v.key not in plan.rows]
+        if left:
+            lines += ["", f"Not run in this measurement (`--rows`): {', '.join(left)}."]
     lines += [
         "",
         "Measured by the script in one run:",
@@ -820,9 +910,16 @@ def method_lines(
             "weights (they add one vector)."
         ),
         (
-            "- **Not here**: the mIoU on `pspnet demo`'s synthetic context scenes (`pspnet demo --compare`, built "
-            "separately) writes no results file this script reads, so that column is left out; those scenes test "
-            f"context directly, {HOLDOUT} only indirectly."
+            f"- **Context scenes**: {HOLDOUT} tests context only indirectly; `pspnet demo`'s synthetic scenes, where "
+            "the cue that decides a region's class lies farther away than a network without a context module sees, "
+            "test it directly. `pspnet demo --compare` trains every row there with the demo's own recipe and widths "
+            "(its model names pspnet, no_ppm, skip_decoder, deeplabv3plus, unet are these rows); the script runs it "
+            "after the rows and reads its `comparison.json` into the column *context-scene mIoU*. "
+            + (
+                f"This page's: `{display_path(plan.context)}`."
+                if plan.context is not None
+                else "Not run for this page (`--context none`): the column is empty."
+            )
         ),
         "",
         "Command (from the repository root; rerunning it continues an interrupted run):",
@@ -842,6 +939,14 @@ def plan_command(plan: Plan) -> str:
         words += ["--smoke", "--doc", str(plan.doc)]
     else:
         words += ["--iterations", str(plan.iterations)]
+        for item in plan.recipe:
+            words += ["--set", item]
+        if plan.rows is not None:
+            words += ["--rows", *plan.rows]
+        if plan.context is None:
+            words += ["--context", "none"]
+        elif plan.context != (plan.work / "demo").resolve():
+            words += ["--context", display_path(plan.context)]
         if plan.seeds != (0,):
             words += ["--seeds", *map(str, plan.seeds)]
         words += ["--work", display_path(plan.work)]
@@ -864,16 +969,18 @@ def results_lines(plan: Plan, results: dict[str, Any]) -> list[str]:
         "",
         (
             f"| architecture | mIoU{mean} | mAcc | Boundary IoU | thin-class IoU | large-class IoU | mIoU noise | "
-            "parameters | GFLOPs | images/s fp32 | training step s | step memory GiB (peak RSS) |"
+            "context-scene mIoU | parameters | GFLOPs | images/s fp32 | training step s | step memory GiB (peak RSS) |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    context = results.get("context") or {"mIoU": {}, "iterations": {}}
     for key in keys:
         row = rows[key]
         s, e, c = row["scores"], row["efficiency"], row["counts"]
         lines.append(
             f"| {row['title']} | {cell(s['mIoU'])} | {cell(s['mAcc'])} | {cell(s['mBIoU'])} | {cell(s['thin'])} | "
-            f"{cell(s['large'])} | {cell(row['noise']['mIoU'])} | {c['parameters'] / 1e6:.2f} M | "
+            f"{cell(s['large'])} | {cell(row['noise']['mIoU'])} | {cell(context['mIoU'].get(key))} | "
+            f"{c['parameters'] / 1e6:.2f} M | "
             f"{c['gflops']:.1f} | {e['images_per_s']:.2f} | {e['step_seconds']:.2f} | {e['step_gib']:.2f} "
             f"({e['peak_gib']:.2f}) |"
         )
@@ -883,6 +990,18 @@ def results_lines(plan: Plan, results: dict[str, Any]) -> list[str]:
             "Scores in percent on the held-out images; noise in points (see Method). Training step: batch "
             f"{plan.memory_batch} at {plan.memory_crop[0]}x{plan.memory_crop[1]}, fastest step; step memory: what "
             "the step adds above the RSS before it (peak RSS of its process in brackets: VmHWM, its own)."
+        ),
+        "",
+        (
+            f"Context-scene mIoU: `pspnet demo --compare` ({context['source']}), on the demo's scenes with the demo's "
+            "recipe and widths; iterations: "
+            + ", ".join(f"{rows[k]['title'] if k in rows else k} {n}" for k, n in context["iterations"].items())
+            + "".join(
+                f"; {k} (not a row of this run): mIoU {cell(v)}" for k, v in context["mIoU"].items() if k not in rows
+            )
+            + "; one run, no noise measured."
+            if context.get("source")
+            else "Context-scene mIoU: not measured for this page (`--context none`)."
         ),
         "",
         f"Held-out mIoU at the last {plan.swing} validations, and each score's noise:",
@@ -1026,17 +1145,23 @@ def utc_now() -> str:
 
 
 def measure(
-    plan: Plan, rows: list[Variant], models: dict[str, ModelConfig], dataset: SegmentationDataset, machine: str
+    plan: Plan,
+    rows: list[Variant],
+    models: dict[str, ModelConfig],
+    dataset: SegmentationDataset,
+    machine: str,
 ) -> dict[str, Any]:
     """Train (or reuse) every run, then measure every row; the results the page shows."""
     started, clock = utc_now(), time.monotonic()
     runs: dict[str, list[Path]] = {}
+    context = None
     total = len(rows) * len(plan.seeds)
     done = 0
     for seed in plan.seeds:
         for variant in rows:
             done += 1
             runs.setdefault(variant.key, []).append(train_or_reuse(plan, variant, seed, f"[{done}/{total}]"))
+    context = context_results(plan)
     print("\ntraining-step memory, each model in a process of its own", flush=True)
     memory = measure_memory(models, plan)
     print("\nevaluating on the held-out sequence", flush=True)
@@ -1073,7 +1198,8 @@ def measure(
         "machine": machine,
         "load_end": ", ".join(f"{v:.2f}" for v in load) if load else "n/a",
         "rows": table,
-        "verdicts": verdicts(table),
+        "verdicts": verdicts(table, context),
+        "context": context,
         "figure": {"name": name, "window": window, "path": str(figure_path)},
     }
 
@@ -1115,6 +1241,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="3 iterations, 2 images, tiny timings, into a temporary directory"
     )
+    parser.add_argument(
+        "--set",
+        dest="recipe",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of --config for every row (repeatable), e.g. batch_size=2",
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ROW_KEYS,
+        help=f"run these rows only (default all: {' '.join(ROW_KEYS)}); pspnet, the reference, is always run",
+    )
+    parser.add_argument(
+        "--context",
+        metavar="DIR",
+        help="where pspnet demo --compare runs (default WORK/demo; one that holds comparison.json is read, not "
+        "rerun), or a comparison.json, or none",
+    )
     parser.add_argument("--method-only", action="store_true", help="write the page without training or measuring")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.swing < 1 or args.speed_repeats < 1 or args.memory_processes < 1:
@@ -1122,13 +1268,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     doc = args.doc or DOC
     if args.smoke and (args.doc is None or doc.resolve() == DOC.resolve()):
         parser.error(f"--smoke needs --doc PATH other than {display_path(DOC)} (a smoke page is not a result)")
-    config = load_train_config(str(args.config))
+    fixed = [item for item in args.recipe if item.split("=", 1)[0].strip() in PROTOCOL_KEYS]
+    if fixed:
+        parser.error(f"--set {fixed[0]}: the protocol or a row sets this key (--iterations, --seeds, --rows)")
+    config = load_train_config(str(args.config), list(args.recipe))  # a bad --set fails here, named
     rows = variants(config)
+    chosen = None if args.rows is None else tuple(dict.fromkeys(["pspnet", *args.rows]))
+    if chosen is not None:
+        rows = [v for v in rows if v.key in chosen]
     iterations = 3 if args.smoke else args.iterations
     with tempfile.TemporaryDirectory(prefix="compare-architectures-") as temporary:
         work = args.work or (Path(temporary) if args.smoke else WORK)
+        if args.context == "none" or (args.smoke and args.context is None):
+            context_path = None
+        else:
+            context_path = (Path(args.context) if args.context else work / "demo").resolve()
         plan = Plan(
             config=args.config.resolve(),
+            recipe=tuple(args.recipe),
             root=args.root.resolve(),
             iterations=iterations,
             seeds=tuple(dict.fromkeys(args.seeds)),
@@ -1143,13 +1300,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             work=work.resolve(),
             doc=doc.resolve(),
             smoke=args.smoke,
+            rows=chosen,
+            context=context_path,
         )
         classes = DATASETS["camvid"].classes
         missing = [name for name in (*THIN, *LARGE) if name not in classes]
         if missing:
             raise SystemExit(f"error: CamVid has no class {missing[0]!r}; its classes: {', '.join(classes)}")
         num_classes = len(classes)
-        models = {v.key: load_train_config(str(plan.config), list(v.overrides)).model_config(num_classes) for v in rows}
+        models = {
+            v.key: load_train_config(str(plan.config), [*plan.recipe, *v.overrides]).model_config(num_classes)
+            for v in rows
+        }
         train_set = build_dataset("camvid", plan.root, "train").select(exclude=[HOLDOUT])
         dataset = holdout_set(plan.root)
         sizes = {"train": len(train_set), "holdout": len(dataset)}
@@ -1158,6 +1320,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"command: {shlex.join(['python', *sys.argv])}")
         print(f"work: {plan.work}\npage: {plan.doc}\n", flush=True)
         heap.keep_freed_memory()  # as pspnet's entry points run
+        existing = (
+            plan.context if plan.context is None or plan.context.suffix == ".json" else plan.context / "comparison.json"
+        )
+        if existing is not None and existing.is_file():
+            read_context(existing)  # a bad file fails before the training
         results = None if args.method_only else measure(plan, rows, models, dataset, machine)
         write_page(plan, config, rows, models, sizes, results)
         if results is not None:

@@ -20,11 +20,12 @@ def test_demo_config_file_matches_the_package():
 def test_demo_with_ablation_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     from pspnet import demo
 
-    monkeypatch.setitem(demo.DEMO_CONFIG, "time_budget", None)
-    monkeypatch.setitem(demo.DEMO_CONFIG, "iterations", 3)
-    monkeypatch.setitem(demo.DEMO_CONFIG, "checkpoint_every", 3)
-    monkeypatch.setitem(demo.DEMO_CONFIG, "val_every", 3)
-    monkeypatch.setattr(demo, "SCENES", {"train": 24, "val": 4, "test": 2})
+    # a small demo: a few iterations on small crops of a few scenes (the page and files are what is tested)
+    shrink = {"time_budget": None, "iterations": 3, "checkpoint_every": 3, "val_every": 3}
+    shrink.update(batch_size=2, crop_size=[32, 128], workers=0)
+    for key, value in shrink.items():
+        monkeypatch.setitem(demo.DEMO_CONFIG, key, value)
+    monkeypatch.setattr(demo, "SCENES", {"train": 6, "val": 2, "test": 2})
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--ablation"]) == 0
     printed = capsys.readouterr().out

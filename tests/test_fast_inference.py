@@ -129,8 +129,13 @@ def test_explicit_bf16_where_it_is_emulated_warns_once(monkeypatch):
 
 
 def test_the_segmenter_prepares_the_model_once(tmp_path, monkeypatch):
+    from pspnet.weights.model_file import make_card
+
     torch.manual_seed(0)
-    path = pspnet.save_model(_with_batch_statistics(tiny_pspnet(4)), tmp_path / "m.safetensors")
+    model = _with_batch_statistics(tiny_pspnet(4))
+    # the photo's own size (base size 41): one small forward per run, since bf16 is emulated, slowly, on some CPUs
+    card = make_card(model.config, crop_size=(48, 48), base_size=41)
+    path = pspnet.save_model(model, tmp_path / "m.safetensors", card=card)
     photo = np.random.default_rng(0).integers(0, 256, (33, 41, 3), dtype=np.uint8)
     fp32 = Segmenter.from_checkpoint(path, device="cpu", precision="fp32")
     assert fp32.model.inference_only and fp32.dtype == torch.float32

@@ -60,7 +60,7 @@ def _passed(outcomes: dict[str, fc.Outcome]) -> bool:
 # -- properties -----------------------------------------------------------------------------------------------------
 
 
-@fuzz(50)
+@fuzz(30)
 @given(case=fc.predict_cases())
 @example(case=fc.PredictCase(fc.ImageCase("image", "RGB", "JPEG", 1, 300, orientation=6, seed=1), ("--mode", "slide")))
 @example(case=fc.PredictCase(fc.ImageCase("image", "F", "TIFF", 3, 40, seed=2)))  # NaN and infinities
@@ -73,7 +73,7 @@ def test_predict_gives_an_upright_label_map_or_names_the_photo(fixture, case):
     assert outcome.passed, f"{outcome.kind}: {outcome.detail}"
 
 
-@fuzz(120)
+@fuzz(80)
 @given(case=fc.image_cases())
 @example(case=fc.ImageCase("image", "I;16", "TIFF", 3, 40, seed=3, damage="truncate", cut=0.5))  # lazily decoded
 @example(case=fc.ImageCase("image", "P", "TIFF", 2, 30, orientation=6, seed=4))  # Pillow loads it raw by name
@@ -85,7 +85,7 @@ def test_the_python_api_gives_the_upright_size_or_a_data_error_naming_the_photo(
     assert _passed(outcomes), fc.describe(outcomes)
 
 
-@fuzz(50)
+@fuzz(30)
 @given(case=fc.mask_cases())
 def test_data_check_and_eval_accept_valid_masks_and_name_bad_ones(fixture, case):
     """A folder data set of one photo and its mask (any storage, size and values): data check counts a valid
@@ -95,7 +95,7 @@ def test_data_check_and_eval_accept_valid_masks_and_name_bad_ones(fixture, case)
     assert _passed(outcomes), fc.describe(outcomes)
 
 
-@fuzz(60)
+@fuzz(40)
 @given(case=fc.classes_cases())
 @example(case=fc.TextCase(fc.alias_bomb("classes", 5, 10).encode(), "either", "alias bomb"))
 @example(case=fc.TextCase(f"classes: [a]\nbase_size: {'9' * 5000}\n".encode(), "either", "5000 digits"))
@@ -107,7 +107,7 @@ def test_classes_yaml_is_valid_or_a_data_error_naming_it(fixture, case):
     assert _passed(outcomes), fc.describe(outcomes)
 
 
-@fuzz(100)
+@fuzz(60)
 @given(case=fc.config_cases())
 @example(
     case=fc.TextCase(
@@ -123,7 +123,7 @@ def test_training_configs_are_valid_or_refused_naming_the_file(fixture, case):
     assert _passed(outcomes), fc.describe(outcomes)
 
 
-@fuzz(35)
+@fuzz(25)
 @given(case=fc.meta_cases())
 @example(case=fc.MetaCase((fc.Mutation("replace", 4, 65535, field="inference"),)))  # base size beyond the cap
 @example(case=fc.MetaCase((fc.Mutation("delete", 0, field="kind"),)))

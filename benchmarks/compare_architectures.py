@@ -811,6 +811,7 @@ def method_lines(
     plan: Plan, config: TrainConfig, rows: list[Variant], models: dict[str, ModelConfig], sizes: dict[str, int]
 ) -> list[str]:
     m = config.model
+    base = load_train_config(str(plan.config))  # the config as written, before --set
     factor = m.head_channels / ARCHITECTURES["pspnet"].head_channels
     literal_narrowest = round(ARCHITECTURES["unet"].head_channels * factor) // 2 ** (UNET_BLOCKS - 1)
     lines = [
@@ -830,8 +831,10 @@ def method_lines(
             f"({config.head_lr_mult:g}x for the heads), weight decay {config.weight_decay:g}, poly "
             f"{config.poly_power:g}, class weighting {config.class_weighting}, {config.precision}, the auxiliary "
             f"FCN head on layer3 ({m.aux_channels} wide, loss weight {config.aux_weight:g}) for every row. The "
-            f"budget: **{plan.iterations} iterations** for every row (the config's "
-            f"{config.iterations}), seed{'s' if len(plan.seeds) > 1 else ''} {', '.join(map(str, plan.seeds))}."
+            f"budget: **{plan.iterations} iterations** for every row, {plan.iterations * config.batch_size:,} "
+            f"training crops (the config as written: {base.iterations} iterations of {base.batch_size}, "
+            f"{base.iterations * base.batch_size:,}), seed{'s' if len(plan.seeds) > 1 else ''} "
+            f"{', '.join(map(str, plan.seeds))}."
         ),
         f"- **Held-out protocol** (the config's): trained on CamVid train without sequence {HOLDOUT} "
         f"({sizes['train']} images), validated and evaluated on {HOLDOUT} ({sizes['holdout']} images"
@@ -1145,16 +1148,11 @@ def utc_now() -> str:
 
 
 def measure(
-    plan: Plan,
-    rows: list[Variant],
-    models: dict[str, ModelConfig],
-    dataset: SegmentationDataset,
-    machine: str,
+    plan: Plan, rows: list[Variant], models: dict[str, ModelConfig], dataset: SegmentationDataset, machine: str
 ) -> dict[str, Any]:
     """Train (or reuse) every run, then measure every row; the results the page shows."""
     started, clock = utc_now(), time.monotonic()
     runs: dict[str, list[Path]] = {}
-    context = None
     total = len(rows) * len(plan.seeds)
     done = 0
     for seed in plan.seeds:

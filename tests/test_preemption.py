@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 from pathlib import Path
 
@@ -145,13 +146,17 @@ def test_sigint_to_the_process_group_like_ctrl_c(tmp_path, data_root, reference_
     (no KeyboardInterrupt in the main process or the worker), and the run resumes bitwise."""
     config = write_config(tmp_path / "run.yaml", data_root, **RUN_SETTINGS)
     out = tmp_path / "run"
-    victim = start(pspnet_command("train", str(config), "--out", str(out), "--quiet"), tmp_path)
-    try:
-        seen = wait_for(_logged_steps(out, 2), victim, timeout=120, interval=0.005)
-        os.killpg(victim.pid, signal.SIGINT)
-        rc, _, err = finish(victim, timeout=120)
-    finally:
-        stop_group(victim)
+    for _attempt in range(3):  # on a busy machine the poller can wake after the last step: then the signal came late
+        victim = start(pspnet_command("train", str(config), "--out", str(out), "--quiet"), tmp_path)
+        try:
+            seen = wait_for(_logged_steps(out, 2), victim, timeout=120, interval=0.005)
+            os.killpg(victim.pid, signal.SIGINT)
+            rc, _, err = finish(victim, timeout=120)
+        finally:
+            stop_group(victim)
+        if not (rc == 0 and len(train_records(out)) == TOTAL):
+            break
+        shutil.rmtree(out)
     assert seen, f"the run logged no step:\n{err[-3000:]}"
     assert rc == 130, f"rc {rc}:\n{err[-3000:]}"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]

@@ -17,15 +17,19 @@ def test_demo_config_file_matches_the_package():
     assert yaml.safe_load(path.read_text()) == DEMO_CONFIG
 
 
-def test_demo_with_ablation_writes_a_complete_report(tmp_path, monkeypatch, capsys):
+def _small_demo(monkeypatch, schedule: dict, train_scenes: int, test_scenes: int) -> None:
+    """The demo on small crops (32x128, batch 2, no loader workers) of a few scenes, with ``schedule`` (its
+    stopping rule and validation) set in DEMO_CONFIG."""
     from pspnet import demo
 
-    # a small demo: a few iterations on small crops of a few scenes (the page and files are what is tested)
-    shrink = {"time_budget": None, "iterations": 3, "checkpoint_every": 3, "val_every": 3}
-    shrink.update(batch_size=2, crop_size=[32, 128], workers=0)
-    for key, value in shrink.items():
+    for key, value in {**schedule, "batch_size": 2, "crop_size": [32, 128], "workers": 0}.items():
         monkeypatch.setitem(demo.DEMO_CONFIG, key, value)
-    monkeypatch.setattr(demo, "SCENES", {"train": 6, "val": 2, "test": 2})
+    monkeypatch.setattr(demo, "SCENES", {"train": train_scenes, "val": 2, "test": test_scenes})
+
+
+def test_demo_with_ablation_writes_a_complete_report(tmp_path, monkeypatch, capsys):
+    # a small demo: a few iterations on small crops of a few scenes (the page and files are what is tested)
+    _small_demo(monkeypatch, {"time_budget": None, "iterations": 3, "checkpoint_every": 3, "val_every": 3}, 6, 2)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--ablation"]) == 0
     printed = capsys.readouterr().out
@@ -92,10 +96,7 @@ def test_demo_compare_trains_every_architecture_for_the_same_iterations(tmp_path
 
     # the smallest demo that still trains every model: a time budget far below one step gives the first model one
     # iteration, and every other model must then train exactly as many
-    shrink = {"time_budget": 0.001, "batch_size": 2, "crop_size": [32, 128], "workers": 0, "val_split": None}
-    for key, value in shrink.items():
-        monkeypatch.setitem(demo.DEMO_CONFIG, key, value)
-    monkeypatch.setattr(demo, "SCENES", {"train": 4, "val": 2, "test": 1})
+    _small_demo(monkeypatch, {"time_budget": 0.001, "val_split": None}, 4, 1)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--compare"]) == 0
     printed = capsys.readouterr().out

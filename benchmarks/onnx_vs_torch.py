@@ -14,13 +14,14 @@ flip, batch 1, images decoded beforehand: the network and the protocol around it
 - **ONNX Runtime int8**: the same export with ``--int8 --calib`` (the first 16 images of ``--calib``, CamVid
   train by default, so that the timed val images are not the calibration images).
 
-Each backend predicts the first ``--limit`` images ``--repeat`` times after one warm-up image; images/s is from the
-fastest repeat. Label agreement: the share of all pixels whose int8 label equals ONNX Runtime fp32's (and fp32's
-equals PyTorch's). With random weights most pixels are near-ties between classes, so the int8 agreement here is a
-floor, not what a trained model shows (docs/deploy.md). ``--model`` takes a trained CamVid model (a file or a run
-directory) instead; with ``--miou-split`` each backend then also segments every image of that CamVid split, and
-its mIoU (one confusion matrix over the split, :mod:`pspnet.engine.metrics`) shows what int8 costs in accuracy.
-Prints the machine, CPU capability, versions and the command, then a Markdown table.
+Each backend predicts the first ``--limit`` images ``--repeat`` times after one warm-up image, the repeats
+interleaved (every backend in turn); images/s is from the fastest repeat. Label agreement: the share of all pixels
+whose int8 label equals ONNX Runtime fp32's (and fp32's equals PyTorch's). With random weights most pixels are
+near-ties between classes, so the int8 agreement here is a floor, not what a trained model shows (docs/deploy.md).
+``--model`` takes a trained CamVid model (a file or a run directory) instead; with ``--miou-split`` each backend
+then also segments every image of that CamVid split, and its mIoU (one confusion matrix over the split,
+:mod:`pspnet.engine.metrics`) shows what int8 costs in accuracy. Prints the machine, CPU capability, versions and
+the command, then a Markdown table.
 """
 
 from __future__ import annotations
@@ -57,16 +58,22 @@ def machine() -> str:
     return f"{info['cpu_model'] or '?'}, {info['logical_cpus']} logical CPUs"
 
 
-def timed(segmenter: Segmenter, images: list[np.ndarray], repeat: int) -> tuple[float, list[np.ndarray]]:
-    """(images/s of the fastest of ``repeat`` passes over ``images``, the labels of the last pass)."""
-    segmenter.predict(images[0])  # warm-up: kernels and memory pools are set up on the first run
-    best = float("inf")
-    labels: list[np.ndarray] = []
+def timed(
+    segmenters: dict[str, Segmenter], images: list[np.ndarray], repeat: int
+) -> tuple[dict[str, float], dict[str, list[np.ndarray]]]:
+    """Images/s of each segmenter (the fastest of ``repeat`` passes over ``images``) and its labels of the last pass.
+    The passes interleave: each repeat runs every segmenter in turn, so that a change of the machine's speed during
+    the run (a shared VM's neighbours, clock changes) reaches every backend alike and the ratios stay fair."""
+    for segmenter in segmenters.values():
+        segmenter.predict(images[0])  # warm-up: kernels and memory pools are set up on the first run
+    best = dict.fromkeys(segmenters, float("inf"))
+    labels: dict[str, list[np.ndarray]] = {}
     for _ in range(repeat):
-        started = time.perf_counter()
-        labels = [segmenter.predict(image) for image in images]
-        best = min(best, time.perf_counter() - started)
-    return len(images) / best, labels
+        for name, segmenter in segmenters.items():
+            started = time.perf_counter()
+            labels[name] = [segmenter.predict(image) for image in images]
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {name: len(images) / seconds for name, seconds in best.items()}, labels
 
 
 def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
@@ -138,19 +145,24 @@ def main() -> int:
             f"{(folder / 'fp32.onnx').stat().st_size / 1e6:.1f} MB, int8 {report.bytes / 1e6:.1f} MB",
             flush=True,
         )
-        results = {}
-        for label, path, options in (
-            ("PyTorch eager fp32 (BN folded)", folder / "model.safetensors", {"device": "cpu", "precision": "fp32"}),
-            ("ONNX Runtime fp32", folder / "fp32.onnx", {}),
-            ("ONNX Runtime int8 (QDQ, per-channel)", folder / "int8.onnx", {}),
-        ):
-            segmenter = Segmenter.from_checkpoint(path, max_batch=1, **options)
-            speed, labels = timed(segmenter, images, args.repeat)
-            results[label] = labels
+        segmenters = {
+            label: Segmenter.from_checkpoint(path, max_batch=1, **options)
+            for label, path, options in (
+                (
+                    "PyTorch eager fp32 (BN folded)",
+                    folder / "model.safetensors",
+                    {"device": "cpu", "precision": "fp32"},
+                ),
+                ("ONNX Runtime fp32", folder / "fp32.onnx", {}),
+                ("ONNX Runtime int8 (QDQ, per-channel)", folder / "int8.onnx", {}),
+            )
+        }
+        speeds, results = timed(segmenters, images, args.repeat)
+        for label, segmenter in segmenters.items():
             miou = split_miou(segmenter, args.images.parent, args.miou_split) if args.miou_split else None
-            rows.append((label, speed, miou))
+            rows.append((label, speeds[label], miou))
             print(
-                f"  {label}: {speed:.3f} images/s" + (f", mIoU {100 * miou:.2f}" if miou is not None else ""),
+                f"  {label}: {speeds[label]:.3f} images/s" + (f", mIoU {100 * miou:.2f}" if miou is not None else ""),
                 flush=True,
             )
     torch_labels, fp32_labels, int8_labels = results.values()

@@ -8,7 +8,7 @@ from conftest import tiny_pspnet
 from rounding import gamma, network_rtol, probability_bound, unit_roundoff
 from torch import nn
 
-from pspnet.inference import InferenceSettings, infer_proba, normalize, resized_size, window_starts
+from pspnet.inference import InferenceSettings, class_ids, infer_proba, normalize, resized_size, window_starts
 from pspnet.weights.model_file import make_card
 
 
@@ -37,6 +37,20 @@ def test_window_starts_hand_examples():
     assert window_starts(512, 473, 316) == [0, 39]
     assert window_starts(1000, 473, 316) == [0, 316, 527]
     assert window_starts(2048, 713, 476) == [0, 476, 952, 1335]
+
+
+def test_class_ids_are_the_first_largest_score_of_each_pixel():
+    # a hand-worked pixel row: ties go to the first class, as numpy's and torch's argmax give them
+    scores = torch.tensor([[1.0, 3.0, 3.0], [3.0, 3.0, 1.0], [0.0, -1.0, 2.0]]).T.reshape(1, 3, 1, 3)
+    assert class_ids(scores).tolist() == [[[1, 0, 2]]]
+    # many ties (integer scores), in each layout a caller may give: against numpy's argmax
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (2, 11, 17, 23), generator=generator).float()
+    expected = np.argmax(scores.numpy(), axis=1)  # numpy: the first of equal maxima
+    for layout in (scores, scores.contiguous(memory_format=torch.channels_last), scores.double()):
+        ids = class_ids(layout)
+        assert ids.dtype == torch.int64 and ids.shape == (2, 17, 23)
+        assert np.array_equal(ids.numpy(), expected)
 
 
 def test_resized_size_keeps_aspect_with_official_rounding():

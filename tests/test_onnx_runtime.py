@@ -211,8 +211,23 @@ def test_int8_export_keeps_the_card_says_it_is_quantised_and_runs_in_the_segment
     int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     weights = [t for t in int8 if len(t.dims) == 4]
     zero_points = [t for t in int8 if len(t.dims) == 1]  # one per output channel: per-channel quantisation
-    assert len(weights) == len(zero_points) == sum(node.op_type == "Conv" for node in graph.node)
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert len(weights) == len(zero_points) == len(convs) - 1  # all but the first, on the image, which stays float
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4}
+    assert convs[0].input[1] in floats and not any(conv.input[1] in floats for conv in convs[1:])
     assert sorted(w.dims[0] for w in weights) == sorted(z.dims[0] for z in zero_points)
+    # activations stay uint8 between the convolutions: every ReLU after a quantised one is folded into its output,
+    # and the residual Adds, the pyramid's Concat, its Resizes and the max pooling read dequantised uint8 tensors;
+    # the adaptive pooling's matrices (computed from the input size) stay float32, so no MatMul reads two of them
+    producer = {output: node.op_type for node in graph.node for output in node.output}
+    feeds = {op: [[producer.get(i) for i in n.input if i] for n in graph.node if n.op_type == op] for op in ops}
+    relus = [node.input[0] for node in graph.node if node.op_type == "Relu"]
+    assert relus == [convs[0].output[0]]  # the float first convolution's
+    pyramid = [inputs for inputs in feeds["Concat"] if len(inputs) == 5]  # features + one branch per bin
+    assert len(pyramid) == 1 and set(pyramid[0]) == {"DequantizeLinear"}
+    assert all(inputs[0] == "DequantizeLinear" for inputs in feeds["Resize"] + feeds["MaxPool"])
+    assert sum(inputs == ["DequantizeLinear"] * 2 for inputs in feeds["Add"]) == 8  # ResNet-18's 8 blocks
+    assert feeds["MatMul"] and all(inputs.count("DequantizeLinear") < 2 for inputs in feeds["MatMul"])
     seg = Segmenter.from_checkpoint(path, mode="slide")
     assert seg.backend == "onnxruntime" and "int8 static" in seg.precision_reason
     labels = seg.predict_batch(images)

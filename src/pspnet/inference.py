@@ -50,6 +50,7 @@ __all__ = [
     "PRECISION_CHOICES",
     "InferenceSettings",
     "check_image_size",
+    "class_ids",
     "cpu_bf16_kernels",
     "cpu_flags",
     "infer_proba",
@@ -368,3 +369,13 @@ def infer_proba(model: nn.Module, images: Tensor, settings: InferenceSettings) -
         result = probs if result is None else result + probs
     assert result is not None
     return result / len(settings.scales)
+
+
+def class_ids(proba: Tensor) -> Tensor:
+    """The class of each pixel: ``(N, K, H, W)`` scores (probabilities or logits) -> ``(N, H, W)`` int64 ids of
+    the largest score, the first class among equal ones (``argmax(1)``'s result).
+
+    Computed as ``max(1).indices``: on the CPU, PyTorch's ``argmax`` over a dimension that is not the last runs
+    about 6x slower (32 ms against 5 ms for 11 x 360 x 480, torch 2.13 on 2 AVX2 cores), a sixth of an ONNX
+    Runtime int8 forward of PSPNet18 at that size."""
+    return proba.max(dim=1).indices

@@ -36,6 +36,7 @@ from .inference import (
     DEFAULT_MAX_PIXELS,
     InferenceSettings,
     check_image_size,
+    class_ids,
     infer_proba,
     normalize,
     resolve_device,
@@ -251,7 +252,7 @@ class Segmenter:
 
     def labels(self, proba: Tensor) -> np.ndarray:
         """``(N, K, H, W)`` probabilities -> ``(N, H, W)`` class ids on the CPU (uint8, int32 above 256 classes)."""
-        ids = proba.argmax(1)
+        ids = class_ids(proba)
         return ids.to("cpu", torch.uint8 if self.label_dtype == np.uint8 else torch.int32).numpy()
 
     def _checked(self, image: ImageInput) -> np.ndarray:

@@ -22,7 +22,7 @@ from ..atomic import atomic_open
 from ..data.datasets import SegmentationDataset
 from ..data.io import write_mask_png
 from ..errors import DataError
-from ..inference import InferenceSettings, check_image_size, infer_proba, normalize
+from ..inference import InferenceSettings, check_image_size, class_ids, infer_proba, normalize
 from ..models.network import SegmentationNetwork
 from ..weights.model_file import make_card
 from .distributed import all_reduce_sum, rank_and_world
@@ -97,7 +97,7 @@ def evaluate(
             raise DataError(f"{dataset.samples[sample['index']].image}: {error}") from None
         image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)[None].to(device)
         probs = infer_proba(model, normalize(image, mean, std, dtype=dtype), settings)  # (1, K, H, W)
-        pred = probs.argmax(1)[0]  # (H, W)
+        pred = class_ids(probs)[0]  # (H, W)
         if sample["mask"] is not None:
             target = torch.from_numpy(np.asarray(sample["mask"], dtype=np.int64)).to(device)
             confusion.update(pred, target)

@@ -817,9 +817,8 @@ def quantize_int8(
     ONNX Runtime's static quantiser: the graph is first prepared by its ``quant_pre_process`` (shape inference and
     graph optimisation), then its convolutions (all but the first, on the image) get int8 weights per output
     channel and uint8 activations, and the ReLU, Add, MaxPool, Concat and Resize between them uint8 activations
-    (:data:`_QUANTIZED_OPS`), as
-    QuantizeLinear/DequantizeLinear pairs (QDQ format, which ONNX Runtime fuses into integer kernels, VNNI where the
-    CPU has it); the activation ranges are the MinMax of a float32 run on ``images`` (``(N, H, W, 3)`` uint8 RGB,
+    (:data:`_QUANTIZED_OPS`), as QuantizeLinear/DequantizeLinear pairs (QDQ format, which ONNX Runtime fuses into
+    integer kernels, VNNI where the CPU has it); the activation ranges are the MinMax of a float32 run on ``images`` (``(N, H, W, 3)`` uint8 RGB,
     fed one at a time in the file's ``input_kind``). Input and output stay float32 (or uint8 / int64 as exported).
     """
     import onnx

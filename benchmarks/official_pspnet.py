@@ -111,7 +111,7 @@ def official_train_step(
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _net_process(model: nn.Module, image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

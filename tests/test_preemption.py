@@ -146,19 +146,21 @@ def test_sigint_to_the_process_group_like_ctrl_c(tmp_path, data_root, reference_
     (no KeyboardInterrupt in the main process or the worker), and the run resumes bitwise."""
     config = write_config(tmp_path / "run.yaml", data_root, **RUN_SETTINGS)
     out = tmp_path / "run"
+    attempts = []  # (exit status, steps logged) of each try
     for _attempt in range(3):  # on a busy machine the poller can wake after the last step: then the signal came late
         victim = start(pspnet_command("train", str(config), "--out", str(out), "--quiet"), tmp_path)
         try:
-            seen = wait_for(_logged_steps(out, 2), victim, timeout=120, interval=0.005)
+            seen = wait_for(_logged_steps(out, 1), victim, timeout=120, interval=0.005)
             os.killpg(victim.pid, signal.SIGINT)
             rc, _, err = finish(victim, timeout=120)
         finally:
             stop_group(victim)
-        if not (rc == 0 and len(train_records(out)) == TOTAL):
+        attempts.append((rc, len(train_records(out))))
+        if attempts[-1] != (0, TOTAL):
             break
         shutil.rmtree(out)
     assert seen, f"the run logged no step:\n{err[-3000:]}"
-    assert rc == 130, f"rc {rc}:\n{err[-3000:]}"
+    assert rc == 130, f"(exit status, steps logged of {TOTAL}) of each try: {attempts}\n{err[-3000:]}"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     _check_stopped_run(out, "SIGINT")
     resumed = run(shlex.split(_resume_command(err)), tmp_path)

@@ -147,8 +147,16 @@ def test_sigint_to_the_process_group_like_ctrl_c(tmp_path, data_root, reference_
     config = write_config(tmp_path / "run.yaml", data_root, **RUN_SETTINGS)
     out = tmp_path / "run"
     attempts = []  # (exit status, steps logged) of each try
+    # Ctrl-C reaches a foreground job of an interactive shell, whose SIGINT is not ignored. A test process started in
+    # the background of a non-interactive shell (`make test &`) inherits SIGINT ignored, would pass that on to the
+    # run, and the run rightly keeps ignoring it: the run is started here with SIGINT not ignored (a Python handler
+    # in this process becomes the default disposition in the child).
     for _attempt in range(3):  # on a busy machine the poller can wake after the last step: then the signal came late
-        victim = start(pspnet_command("train", str(config), "--out", str(out), "--quiet"), tmp_path)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            victim = start(pspnet_command("train", str(config), "--out", str(out), "--quiet"), tmp_path)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         try:
             seen = wait_for(_logged_steps(out, 1), victim, timeout=120, interval=0.005)
             os.killpg(victim.pid, signal.SIGINT)

@@ -695,7 +695,8 @@ MAX_CALIBRATION_IMAGES = 16  # ONNX Runtime's MinMax calibration needs a few ima
 # The operators that run in int8: the convolutions (nearly all of the work) and what lies between them (ReLU, the
 # residual Add, max pooling, the pyramid's Concat and the bilinear Resize), so that activations stay uint8 from one
 # convolution to the next instead of being dequantised and quantised again around every float32 operator (on a
-# 2-core AVX2 CPU, convolutions alone ran 1.67-1.73x ONNX Runtime fp32, this set 1.76-1.86x). Not MatMul: the
+# 2-core AVX2 CPU, convolutions alone ran 1.62-1.73x ONNX Runtime fp32, this set 1.76-1.88x: docs/benchmarks.md,
+# "On a quiet AVX2 CPU"). Not MatMul: the
 # adaptive pooling's matrices are computed from the input size, and an int8 range calibrated at one size would clip
 # their 1 / cell-area weights at smaller ones.
 _QUANTIZED_OPS = ("Conv", "Relu", "Add", "MaxPool", "Concat", "Resize")
@@ -818,8 +819,8 @@ def quantize_int8(
     graph optimisation), then its convolutions (all but the first, on the image) get int8 weights per output
     channel and uint8 activations, and the ReLU, Add, MaxPool, Concat and Resize between them uint8 activations
     (:data:`_QUANTIZED_OPS`), as QuantizeLinear/DequantizeLinear pairs (QDQ format, which ONNX Runtime fuses into
-    integer kernels, VNNI where the CPU has it); the activation ranges are the MinMax of a float32 run on ``images`` (``(N, H, W, 3)`` uint8 RGB,
-    fed one at a time in the file's ``input_kind``). Input and output stay float32 (or uint8 / int64 as exported).
+    integer kernels, VNNI where the CPU has it); the activation ranges are the MinMax of a float32 run on ``images``
+    (``(N, H, W, 3)`` uint8 RGB, fed one at a time in the file's ``input_kind``). Input and output stay float32 (or uint8 / int64 as exported).
     """
     import onnx
     from onnxruntime.quantization import (

@@ -217,6 +217,9 @@ def test_cross_entropy_of_upsampled_logits_and_its_gradient_against_f_interpolat
     terms = height * width
     grad_bound = s_h * s_w * scale * (2 * softmax_error + 2 * delta + terms * u64 * 2)
     assert float((grad - expected_grad).abs().max()) <= grad_bound
+    # without grad mode the forward skips the gradient's work and gives the same sum, the same operations in order
+    with torch.no_grad():
+        assert torch.equal(cross_entropy_sum(x, target, weight, align_corners=align_corners), got.detach())
     # the other corner rule is a different upsampling: far outside these bounds (the check can fail)
     other = cross_entropy_sum(x, target, weight, align_corners=not align_corners)
     assert abs(float(other.detach() - expected.detach())) > 10 * bound

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..constants import IGNORE_INDEX
 
@@ -121,59 +122,60 @@ class _CrossEntropySum(torch.autograd.Function):
     What ``F.cross_entropy(F.interpolate(x, size, mode="bilinear").float(), t, weight=w, reduction="sum",
     ignore_index=...)`` computes, without a full-size tensor: the upsampling is two matrix products per chunk
     (:func:`interpolation_matrix`), so neither the upsampled logits, nor their float copy, nor their log-softmax,
-    nor their gradient ever exist whole. Only the low-resolution logits and the per-pixel log-sum-exp (N, H, W)
-    are kept for the backward pass, which computes each chunk again and sends its gradient back through the
-    transposed interpolation.
+    nor their gradient ever exist whole. With ``with_grad`` the forward pass also computes each chunk's gradient
+    (softmax minus the one-hot label, times the pixel's weight) while the chunk is at hand and sends it back
+    through the transposed interpolation into a gradient of the logits' size, which is all the backward pass keeps
+    and scales: no chunk is upsampled twice.
     """
 
     @staticmethod
     def forward(
-        ctx, logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, align_corners: bool
+        ctx,
+        logits: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        align_corners: bool,
+        with_grad: bool,
     ) -> Tensor:
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        n, height, width = target.shape
-        lse = torch.empty((n, height, width), dtype=dtype, device=logits.device)
-        total = torch.zeros((), dtype=dtype, device=logits.device)
-        matrices = _matrices(logits, (height, width), align_corners, dtype)
-        for i, top, end, z, _ in _chunks(logits, (height, width), matrices, dtype):
-            label, scale = _label_and_scale(target[i, top:end], weight, ignore_index, dtype)
-            lse[i, top:end] = torch.logsumexp(z, dim=1)
-            picked = z.gather(1, label[:, None])[:, 0]
-            total += ((lse[i, top:end] - picked) * scale).sum()
-        ctx.save_for_backward(logits, target, weight if weight is not None else torch.empty(0), lse)
-        ctx.ignore_index = ignore_index
-        ctx.align_corners = align_corners
-        ctx.has_weight = weight is not None
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
-        logits, target, weight, lse = ctx.saved_tensors
-        weight = weight if ctx.has_weight else None
-        dtype = lse.dtype
         _, k, h, _ = logits.shape
         height, width = target.shape[-2:]
-        matrices = _matrices(logits, (height, width), ctx.align_corners, dtype)
-        out = torch.empty_like(logits)
-        if matrices is not None:
+        total = torch.zeros((), dtype=dtype, device=logits.device)
+        matrices = _matrices(logits, (height, width), align_corners, dtype)
+        gradient = torch.empty_like(logits) if with_grad else None
+        if with_grad and matrices is not None:
             row_matrix, column_matrix = matrices
             source_grad = torch.zeros((h, k * width), dtype=dtype, device=logits.device)
         for i, top, end, z, fresh in _chunks(logits, (height, width), matrices, dtype):
-            label, scale = _label_and_scale(target[i, top:end], weight, ctx.ignore_index, dtype)
-            shifted = lse[i, top:end, None]
-            g = z.sub_(shifted) if fresh else z - shifted
-            g.exp_()  # softmax, (rows, K, W)
+            label, scale = _label_and_scale(target[i, top:end], weight, ignore_index, dtype)
+            picked = z.gather(1, label[:, None])[:, 0]  # (rows, W)
+            peak = z.amax(1, keepdim=True)  # (rows, 1, W)
+            e = (z.sub_(peak) if fresh else z - peak).exp_()  # (rows, K, W)
+            summed = e.sum(1)  # (rows, W); logsumexp = peak + log(summed)
+            total += ((peak[:, 0] + summed.log() - picked) * scale).sum()
+            if gradient is None:
+                continue
+            g = e.div_(summed[:, None])  # softmax
             g.scatter_add_(1, label[:, None], torch.full_like(g[:, :1], -1.0))  # minus the one-hot label
-            g.mul_((scale * grad)[:, None])
+            g.mul_(scale[:, None])
             if matrices is not None:
                 source_grad.addmm_(row_matrix[top:end].T, g.view(end - top, k * width))
                 if end == height:  # the image's last chunk: back through the columns' interpolation
                     image_grad = source_grad.view(h, k, width).permute(1, 0, 2) @ column_matrix  # (K, h, w)
-                    out[i] = image_grad.to(logits.dtype)
+                    gradient[i] = image_grad.to(logits.dtype)
                     source_grad.zero_()
             else:
-                out[i, :, top:end] = g.permute(1, 0, 2).to(logits.dtype)
-        return out, None, None, None, None
+                gradient[i, :, top:end] = g.permute(1, 0, 2).to(logits.dtype)
+        if gradient is not None:  # else nothing will ask for it: the result does not require grad
+            ctx.save_for_backward(gradient)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None, None]:
+        (gradient,) = ctx.saved_tensors
+        return gradient * grad.to(gradient.dtype), None, None, None, None, None
 
 
 def _matrices(
@@ -248,7 +250,8 @@ def cross_entropy_sum(
             f"the logits' size {tuple(logits.shape[-2:])} differs from the target's {tuple(target.shape[-2:])}: pass "
             "align_corners, the upsampling of the network that made them"
         )
-    return _CrossEntropySum.apply(logits, target, weight, ignore_index, bool(align_corners))
+    with_grad = torch.is_grad_enabled() and logits.requires_grad
+    return _CrossEntropySum.apply(logits, target, weight, ignore_index, bool(align_corners), with_grad)
 
 
 def label_weight_sum(

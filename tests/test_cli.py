@@ -15,7 +15,10 @@ from pspnet.models.build import MODELS
 
 
 def _analytic_flops(model, height, width):
-    """2 x multiply-adds of every convolution (from hooks on a real forward) plus the pyramid pooling matmuls."""
+    """2 x multiply-adds of every convolution run as a module (from hooks on a real forward), plus, counted from the
+    head's input, the pyramid pooling matmuls and the head's 3x3 conv as PyramidPoolingModule.convolve computes it:
+    a conv of layer4's C channels, a 1x1 map per tap of the grids laid on one B x B grid and two interpolation
+    products."""
     total = 0
 
     def conv_hook(module, inputs, output):
@@ -24,14 +27,19 @@ def _analytic_flops(model, height, width):
         per_output = (module.in_channels // module.groups) * kh * kw
         total += 2 * output.numel() * per_output
 
-    def ppm_hook(module, inputs, output):
+    def head_hook(head, inputs):
         nonlocal total
         _, c, h, w = inputs[0].shape
-        b = sum(module.bins)
-        total += 2 * c * b * h * w + 2 * c * b * w * b
+        bins, o, k = head.ppm.bins, head.conv.out_channels, head.conv.kernel_size[0]
+        b_sum, branch = sum(bins), head.ppm.branch_channels
+        total += 2 * c * b_sum * h * w + 2 * c * b_sum * w * b_sum  # pooling: rows, then columns
+        total += 2 * o * c * k * k * h * w  # the 3x3 conv on layer4's channels
+        total += 2 * k * k * o * len(bins) * branch * b_sum * b_sum  # every tap's 1x1 map of the B x B grid
+        total += 2 * k * o * b_sum * (k * b_sum) * w  # the columns' interpolation, summed over the taps
+        total += 2 * o * h * (k * b_sum) * w  # the rows' interpolation, summed over the taps
 
     handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    handles.append(model.decode_head.ppm.register_forward_hook(ppm_hook))
+    handles.append(model.decode_head.register_forward_pre_hook(head_hook))
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, height, width))
     for handle in handles:

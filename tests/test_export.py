@@ -310,9 +310,10 @@ def test_the_guarantee_thresholds():
 def _fp16_bound(model: nn.Module) -> float:
     """The float16 file's logit bound derived here, apart from pspnet.export: each convolution of the forward pass
     (the aux head's excepted) rounds its input, weights and output to float16 and is followed by at most one more
-    rounding step (4 u, u = 2^-11), the layers' errors adding up; plus the float32 file's guarantee for the rest."""
+    rounding step (4 u, u = 2^-11), the layers' errors adding up; the head's 3x3 conv is two (on layer4, and on the
+    pooled grids a 1x1 map with two interpolation products); plus the float32 file's guarantee for the rest."""
     convs = [m for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and not name.startswith("aux_head")]
-    return 4 * len(convs) * unit_roundoff(torch.float16) + export.LOGIT_RTOL
+    return 4 * (len(convs) + 1) * unit_roundoff(torch.float16) + export.LOGIT_RTOL
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +332,7 @@ def cli_fp16(tmp_path_factory, model):
 def test_fp16_file_is_float16_inside_with_the_ends_of_a_float32_file(cli_fp16, cli_export, model):
     path, status, output = cli_fp16
     assert status == 0, output
-    assert export.fp16_logit_rtol(model) == pytest.approx(_fp16_bound(model))  # 29 layers: 0.0567
+    assert export.fp16_logit_rtol(model) == pytest.approx(_fp16_bound(model))  # 30 layers: 0.0587
     rows = [line for line in output.splitlines() if "largest logit difference" in line]
     assert len(rows) == 2 * len(export.CHECK_SIZES)  # each size as written and with float16 storage emulated
     assert sum("(float16 emulated)" in row for row in rows) == len(export.CHECK_SIZES)
@@ -344,7 +345,7 @@ def test_fp16_file_is_float16_inside_with_the_ends_of_a_float32_file(cli_fp16, c
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     initializers = {t.name: t.data_type for t in graph.initializer}
     conv_weights = [initializers[node.input[1]] for node in graph.node if node.op_type == "Conv"]
-    assert len(conv_weights) == 29 and set(conv_weights) == {onnx.TensorProto.FLOAT16}
+    assert len(conv_weights) == 30 and set(conv_weights) == {onnx.TensorProto.FLOAT16}  # the head's conv as two
     assert path.stat().st_size < 0.55 * cli_export[0].stat().st_size  # the weights, half the bytes
     meta = read_metadata(path)
     assert meta.precision == "fp16" and meta.card == model.card and meta.input_kind == "uint8-rgb"

@@ -217,16 +217,17 @@ def test_int8_export_keeps_the_card_says_it_is_quantised_and_runs_in_the_segment
     assert convs[0].input[1] in floats and not any(conv.input[1] in floats for conv in convs[1:])
     assert sorted(w.dims[0] for w in weights) == sorted(z.dims[0] for z in zero_points)
     # activations stay uint8 between the convolutions: every ReLU after a quantised one is folded into its output,
-    # and the residual Adds, the pyramid's Concat, its Resizes and the max pooling read dequantised uint8 tensors;
-    # the adaptive pooling's matrices (computed from the input size) stay float32, so no MatMul reads two of them
+    # and the residual Adds, the Add of the head conv's two parts, the pyramid's Concat of its grids (each padded onto
+    # the diagonal of one grid), the final Resize and the max pooling read dequantised uint8 tensors; the pooling and
+    # interpolation matrices (computed from the input size) stay float32, so no MatMul reads two of them
     producer = {output: node.op_type for node in graph.node for output in node.output}
     feeds = {op: [[producer.get(i) for i in n.input if i] for n in graph.node if n.op_type == op] for op in ops}
     relus = [node.input[0] for node in graph.node if node.op_type == "Relu"]
     assert relus == [convs[0].output[0]]  # the float first convolution's
-    pyramid = [inputs for inputs in feeds["Concat"] if len(inputs) == 5]  # features + one branch per bin
-    assert len(pyramid) == 1 and set(pyramid[0]) == {"DequantizeLinear"}
-    assert all(inputs[0] == "DequantizeLinear" for inputs in feeds["Resize"] + feeds["MaxPool"])
-    assert sum(inputs == ["DequantizeLinear"] * 2 for inputs in feeds["Add"]) == 8  # ResNet-18's 8 blocks
+    pyramid = [inputs for inputs in feeds["Concat"] if inputs and set(inputs) == {"DequantizeLinear"}]
+    assert [len(inputs) for inputs in pyramid] == [4]  # one grid per bin
+    assert all(inputs[0] == "DequantizeLinear" for inputs in feeds["Resize"] + feeds["MaxPool"] + feeds["Pad"])
+    assert sum(inputs == ["DequantizeLinear"] * 2 for inputs in feeds["Add"]) == 9  # ResNet-18's 8 blocks + head
     assert feeds["MatMul"] and all(inputs.count("DequantizeLinear") < 2 for inputs in feeds["MatMul"])
     seg = Segmenter.from_checkpoint(path, mode="slide")
     assert seg.backend == "onnxruntime" and "int8 static" in seg.precision_reason

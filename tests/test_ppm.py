@@ -89,3 +89,42 @@ def test_batch_of_two_uses_batch_statistics():
         warnings.simplefilter("error")
         ppm(torch.randn(2, 16, 6, 6))
     assert ppm.branches[0].bn.num_batches_tracked.item() == 1
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("size", [(1, 1), (2, 5), (4, 9), (6, 6), (13, 7), (33, 30)])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_convolve_is_the_conv_of_the_concatenation(align_corners, size, kernel):
+    """PyramidPoolingModule.convolve against conv(ppm(x)), the definition, in float64: values and the gradients of
+    the input, the conv's weight and bias and a branch's weight; sizes below, at and above the largest grid."""
+    torch.manual_seed(0)
+    ppm = PyramidPoolingModule(8, bins=(1, 2, 3, 6), align_corners=align_corners).double().train()
+    conv = torch.nn.Conv2d(16, 5, kernel, padding=kernel // 2).double()
+    x = torch.randn(2, 8, *size, dtype=torch.float64, requires_grad=True)
+    expected = conv(ppm(x))
+    got = ppm.convolve(x, conv)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    inputs = [x, conv.weight, conv.bias, ppm.branches[2].conv.weight]
+    upstream = torch.randn_like(expected)
+    for g, e in zip(torch.autograd.grad(got, inputs, upstream), torch.autograd.grad(expected, inputs, upstream)):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_shifted_upsampling_matrix_hand_worked():
+    """Grid side 2 upsampled to 4 with align_corners=True: sources 0, 1/3, 2/3, 1, so rows (1, 0), (2/3, 1/3),
+    (1/3, 2/3), (0, 1); the offset -1 moves every row down one (the first is the zero padding), +1 up one."""
+    from pspnet.models.ppm import _upsampling_matrices
+
+    m = _upsampling_matrices(4, [2], range(-1, 2), align_corners=True, like=torch.zeros((), dtype=torch.float64))
+    rows = [[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1]]
+    zero = [[0, 0]]
+    expected = torch.tensor([zero + rows[:3], rows, rows[1:] + zero], dtype=torch.float64)
+    torch.testing.assert_close(m, expected, rtol=0, atol=1e-15)
+
+
+def test_convolve_refuses_a_conv_it_cannot_split():
+    ppm = PyramidPoolingModule(8, bins=(1, 2))
+    with pytest.raises(ValueError, match="stride-1"):
+        ppm.convolve(torch.randn(1, 8, 5, 5), torch.nn.Conv2d(16, 4, 3, padding=2, dilation=2))
+    with pytest.raises(ValueError, match="16 channels"):
+        ppm.convolve(torch.randn(1, 8, 5, 5), torch.nn.Conv2d(12, 4, 3, padding=1))

@@ -53,6 +53,7 @@ from .inference import normalize
 from .models.card import ModelCard
 from .models.config import ARCHITECTURES
 from .models.network import SegmentationNetwork
+from .models.ppm import PyramidPoolingModule
 from .segmenter import prepare_for_inference
 from .weights.exported import (
     FORMATS,
@@ -188,13 +189,16 @@ def fp16_logit_rtol(model: nn.Module) -> float:
     and is followed by at most one more rounding step (a residual addition, an upsampling, the pyramid's pooling
     product): 4 u per layer, and the relative errors of the layers on a path add up. Everything that is not a
     float16 rounding (the order of the float32 sums inside the kernels, BatchNorm folded) is what the float32 file
-    is held to, :data:`LOGIT_RTOL`. It assumes kernels that accumulate their sums in float32 (ONNX Runtime's CPU
-    provider computes them in float32 altogether); one that sums thousands of products in float16 is not covered.
-    Tiny test model (ResNet-18, 29 layers): 0.057; PSPNet50: 0.119; PSPNet101: 0.219.
+    is held to, :data:`LOGIT_RTOL`. The conv after a pyramid pooling module counts twice: on the pooled grids it is
+    a 1x1 map and two interpolation products (:meth:`~pspnet.models.ppm.PyramidPoolingModule.convolve`). It
+    assumes kernels that accumulate their sums in float32 (ONNX Runtime's CPU provider computes them in float32
+    altogether); one that sums thousands of products in float16 is not covered.
+    Tiny test model (ResNet-18, 30 layers): 0.059; PSPNet50: 0.121; PSPNet101: 0.221.
     """
     aux = getattr(model, "aux_head", None)
     skipped = set() if aux is None else {id(module) for module in aux.modules()}
     layers = sum(isinstance(m, nn.Conv2d) and id(m) not in skipped for m in model.modules())
+    layers += sum(isinstance(m, PyramidPoolingModule) for m in model.modules())  # the conv after it: two layers
     return 4 * layers * FP16_UNIT_ROUNDOFF + LOGIT_RTOL
 
 
@@ -598,6 +602,7 @@ def _write_onnx(
 ) -> int | None:
     """Translate ``program`` to ONNX, add ``meta`` as metadata_props, write it to ``path``; returns its opset."""
     import onnx
+    import onnxscript.optimizer
 
     try:
         onnx_program = torch.onnx.export(
@@ -615,6 +620,10 @@ def _write_onnx(
         if opset is not None:
             raise ExportError(f"{opset}: torch.onnx.export failed at this opset: {detail}", argument="opset") from error
         raise ExportError(f"torch.onnx.export failed: {detail}") from error
+    # PyramidPoolingModule.convolve splits the head conv's weight and reorders each grid's share: fold that into
+    # initializers, as every other weight is (onnxscript's default limits leave tensors over 8192 values unfolded)
+    onnxscript.optimizer.fold_constants(onnx_program.model, input_size_limit=2**31, output_size_limit=2**31)
+    onnxscript.optimizer.remove_unused_nodes(onnx_program.model)
     proto = onnx_program.model_proto
     written = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
     if opset is not None and written != opset:  # torch.onnx keeps its own opset when it cannot convert
@@ -844,7 +853,9 @@ def quantize_int8(
     fd, pre_name = temporary_beside(out, suffix=".pre.onnx")
     os.close(fd)
     try:
-        quant_pre_process(str(fp32_path), pre_name)
+        # auto_merge: the 1/8 feature size reaches the graph as two equal expressions, the stride-2 layers' nested
+        # floor((x - 1) / 2) and PyramidPoolingModule.convolve's floor((x - 1) / 8) (its interpolation matrices)
+        quant_pre_process(str(fp32_path), pre_name, auto_merge=True)
         # the first convolution, on the image itself, stays float32: it costs little time (3 input channels) and
         # quantising it flipped the most labels (a trained CamVid PSPNet18: 97.45% of val pixels equal to float32
         # with it quantised, 98.65% without, at the same speed)

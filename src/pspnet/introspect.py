@@ -37,10 +37,10 @@ def _head_stages(model: SegmentationNetwork) -> list[tuple[str, nn.Module, int]]
         return [(f"decoder block {i + 1}", block, 2 ** (4 - i)) for i, block in enumerate(head.blocks)]
     if config.architecture == "deeplabv3plus":
         return [("ASPP (projected)", head.aspp, r4), ("head logits", head, 4)]
-    stages = [("pyramid pooling (concat)", head.ppm, r4)] if config.ppm else []
+    # the pyramid pooling's concatenation is never built (PyramidPoolingModule.convolve): its line comes from layer4
     if config.skip_decoder:
-        return [*stages, ("PSP head (3x3 conv)", head.bottleneck, r4), ("head logits", head, 4)]
-    return [*stages, ("head logits", head, r4)]
+        return [("PSP head (3x3 conv)", head.bottleneck, r4), ("head logits", head, 4)]
+    return [("head logits", head, r4)]
 
 
 def summarize(model: SegmentationNetwork, height: int, width: int) -> ModelSummary:
@@ -74,6 +74,11 @@ def summarize(model: SegmentationNetwork, height: int, width: int) -> ModelSumma
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    if model.config.architecture == "pspnet" and model.config.ppm:
+        at = [name for name, _, _ in shapes].index("layer4")
+        n, _, h, w = shapes[at][1]
+        ppm_shape = (n, model.decode_head.ppm.out_channels, h, w)
+        shapes.insert(at + 1, ("pyramid pooling (concat, as the 3x3 conv sees it)", ppm_shape, reductions[3]))
     shapes.append(("output" if model.decodes_to_input else "output (upsampled)", tuple(out.shape), 1))
     counts = counter.get_flop_counts()
     flops_by_part = {

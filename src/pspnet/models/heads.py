@@ -34,7 +34,8 @@ class FCNHead(nn.Module):
 class PSPHead(FCNHead):
     """Pyramid pooling followed by the FCN head: ``(N, C, h, w)`` -> ``(N, num_classes, h, w)``.
 
-    With the paper's values (C = 2048, bins 1-2-3-6, 512 channels) the 3x3 conv maps 4096 -> 512 channels.
+    With the paper's values (C = 2048, bins 1-2-3-6, 512 channels) the 3x3 conv maps 4096 -> 512 channels; it runs
+    as :meth:`~pspnet.models.ppm.PyramidPoolingModule.convolve`, which never builds the 4096 channels.
     """
 
     def __init__(
@@ -54,4 +55,8 @@ class PSPHead(FCNHead):
         self.ppm = pool if pool is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(self.ppm(x))
+        if isinstance(self.ppm, PyramidPoolingModule):  # conv(ppm(x)) without the 4096-channel concatenation
+            y = self.ppm.convolve(x, self.conv)
+        else:
+            y = self.conv(x)
+        return self.classifier(self.dropout(self.relu(self.bn(y))))

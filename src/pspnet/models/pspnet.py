@@ -56,7 +56,11 @@ class PSPSkipHead(nn.Module):
         )
 
     def forward(self, low: Tensor, x: Tensor) -> Tensor:
-        return self.decoder(self.bottleneck(self.ppm(x)), low)
+        if isinstance(self.ppm, PyramidPoolingModule):  # the bottleneck's conv without the concatenation
+            x = self.bottleneck[1:](self.ppm.convolve(x, self.bottleneck[0]))
+        else:
+            x = self.bottleneck(x)
+        return self.decoder(x, low)
 
 
 class PSPNet(SegmentationNetwork):

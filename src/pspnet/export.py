@@ -702,12 +702,12 @@ INT8_MIN_LABEL_AGREEMENT = 0.99
 INT8_DECIDED_MARGIN = 0.1
 MAX_CALIBRATION_IMAGES = 16  # ONNX Runtime's MinMax calibration needs a few images, and runs each one in fp32
 # The operators that run in int8: the convolutions (nearly all of the work) and what lies between them (ReLU, the
-# residual Add, max pooling, the pyramid's Concat and the bilinear Resize), so that activations stay uint8 from one
-# convolution to the next instead of being dequantised and quantised again around every float32 operator (on a
-# 2-core AVX2 CPU, convolutions alone ran 1.62-1.73x ONNX Runtime fp32, this set 1.76-1.88x: docs/benchmarks.md,
-# "On a quiet AVX2 CPU"). Not MatMul: the
-# adaptive pooling's matrices are computed from the input size, and an int8 range calibrated at one size would clip
-# their 1 / cell-area weights at smaller ones.
+# residual Add, max pooling, the Concat of the pyramid's grids and the bilinear Resize), so that activations stay
+# uint8 from one convolution to the next instead of being dequantised and quantised again around every float32
+# operator (on a 2-core AVX2 CPU, convolutions alone ran 1.62-1.73x ONNX Runtime fp32, this set 1.76-1.88x:
+# docs/benchmarks.md, "On a quiet AVX2 CPU"). Not MatMul: the adaptive pooling's and the head's interpolation
+# matrices are computed from the input size, and an int8 range calibrated at one size would clip their weights
+# (1 / cell area; interpolation weights) at other sizes.
 _QUANTIZED_OPS = ("Conv", "Relu", "Add", "MaxPool", "Concat", "Resize")
 
 

@@ -261,6 +261,31 @@ def test_an_int8_file_that_fails_its_check_is_not_written(files, images, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failing_int8_pre_processing_is_an_export_error_and_leaves_no_files(files, tmp_path, monkeypatch):
+    """ONNX Runtime's shape inference, when it fails, saves its model and weights in the working directory and raises
+    a bare Exception: quantize_int8 runs it in a scratch folder and names the failure."""
+    from onnxruntime.quantization import shape_inference
+
+    from pspnet import export
+
+    _, onnx_file, model = files
+
+    def failing(input_model, output_model, **options):
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"left behind")  # as ONNX Runtime does, in the cwd
+        raise Exception("Incomplete symbolic shape inference")  # noqa: TRY002 - what ONNX Runtime raises
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", failing)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = tmp_path / "out" / "x_int8.onnx"
+    out.parent.mkdir()
+    images = np.zeros((1, *CROP, 3), dtype=np.uint8)
+    with pytest.raises(ExportError, match="int8 pre-processing failed .*Incomplete symbolic shape inference"):
+        export.quantize_int8(onnx_file, out, images, card=model.card, input_kind="normalized", metadata={})
+    assert list(work.iterdir()) == [] and list(out.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -29,12 +29,14 @@ because ONNX Runtime's CPU provider computes float16 convolutions and most other
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
 import logging
 import os
 import re
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -854,8 +856,18 @@ def quantize_int8(
     os.close(fd)
     try:
         # auto_merge: the 1/8 feature size reaches the graph as two equal expressions, the stride-2 layers' nested
-        # floor((x - 1) / 2) and PyramidPoolingModule.convolve's floor((x - 1) / 8) (its interpolation matrices)
-        quant_pre_process(str(fp32_path), pre_name, auto_merge=True)
+        # floor((x - 1) / 2) and PyramidPoolingModule.convolve's floor((x - 1) / 8) (its interpolation matrices).
+        # Run in a scratch folder: when its shape inference fails, ONNX Runtime leaves the model and its weights
+        # (sym_shape_infer_temp.onnx and a .data file) in the working directory.
+        source, prepared = Path(fp32_path).resolve(), Path(pre_name).resolve()
+        with tempfile.TemporaryDirectory(prefix="pspnet-quant-") as scratch, contextlib.chdir(scratch):
+            try:
+                quant_pre_process(str(source), str(prepared), auto_merge=True)
+            except Exception as error:
+                detail = " ".join(str(error).split())[:300]
+                raise ExportError(
+                    f"ONNX Runtime's int8 pre-processing failed on the exported graph: {detail}"
+                ) from error
         # the first convolution, on the image itself, stays float32: it costs little time (3 input channels) and
         # quantising it flipped the most labels (a trained CamVid PSPNet18: 97.45% of val pixels equal to float32
         # with it quantised, 98.65% without, at the same speed)

@@ -622,8 +622,9 @@ def _write_onnx(
         if opset is not None:
             raise ExportError(f"{opset}: torch.onnx.export failed at this opset: {detail}", argument="opset") from error
         raise ExportError(f"torch.onnx.export failed: {detail}") from error
-    # PyramidPoolingModule.convolve splits the head conv's weight and reorders each grid's share: fold that into
-    # initializers, as every other weight is (onnxscript's default limits leave tensors over 8192 values unfolded)
+    # PyramidPoolingModule.convolve slices the head conv's weight and reorders its pyramid part into 1x1 maps: fold
+    # that into initializers, as every other weight is (onnxscript's default limits leave tensors over 8192 values
+    # unfolded, and int8 quantisation needs every Conv weight to be an initializer)
     onnxscript.optimizer.fold_constants(onnx_program.model, input_size_limit=2**31, output_size_limit=2**31)
     onnxscript.optimizer.remove_unused_nodes(onnx_program.model)
     proto = onnx_program.model_proto

@@ -113,9 +113,9 @@ def test_convolve_is_the_conv_of_the_concatenation(align_corners, size, kernel):
 def test_shifted_upsampling_matrix_hand_worked():
     """Grid side 2 upsampled to 4 with align_corners=True: sources 0, 1/3, 2/3, 1, so rows (1, 0), (2/3, 1/3),
     (1/3, 2/3), (0, 1); the offset -1 moves every row down one (the first is the zero padding), +1 up one."""
-    from pspnet.models.ppm import _upsampling_matrices
+    from pspnet.models.ppm import upsampling_matrices
 
-    m = _upsampling_matrices(4, [2], range(-1, 2), align_corners=True, like=torch.zeros((), dtype=torch.float64))
+    m = upsampling_matrices(4, [2], range(-1, 2), align_corners=True, like=torch.zeros((), dtype=torch.float64))
     rows = [[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1]]
     zero = [[0, 0]]
     expected = torch.tensor([zero + rows[:3], rows, rows[1:] + zero], dtype=torch.float64)

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..constants import IGNORE_INDEX
+from ..models.ppm import upsampling_matrices
 
 __all__ = [
     "AUX_WEIGHT",
@@ -97,21 +98,11 @@ def interpolation_matrix(size_out: int, size_in: int, *, align_corners: bool, dt
 
     Source position of output index i: ``i * (size_in - 1) / (size_out - 1)`` with ``align_corners`` (0 for one
     output), else ``(i + 0.5) * size_in / size_out - 0.5`` clamped at 0; weights ``1 - f`` and ``f`` on the two
-    input indices around it (the upper one clamped to the last). Computed in float64, returned in ``dtype``.
+    input indices around it (the upper one clamped to the last). Computed in float64 by
+    :func:`~pspnet.models.ppm.upsampling_matrices` (one grid, no shift), returned in ``dtype``.
     """
-    index = torch.arange(size_out, dtype=torch.float64)
-    if align_corners:
-        source = index * ((size_in - 1) / (size_out - 1)) if size_out > 1 else torch.zeros_like(index)
-    else:
-        source = ((index + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
-    low = source.floor().long().clamp(max=size_in - 1)
-    high = (low + 1).clamp(max=size_in - 1)
-    fraction = source - low
-    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
-    rows = torch.arange(size_out)
-    matrix.index_put_((rows, low), 1 - fraction, accumulate=True)
-    matrix.index_put_((rows, high), fraction, accumulate=True)
-    return matrix.to(dtype)
+    like = torch.empty((), dtype=torch.float64)  # the pyramid head's shifted matrices, unshifted, one grid
+    return upsampling_matrices(size_out, [size_in], range(1), align_corners=align_corners, like=like)[0].to(dtype)
 
 
 class _CrossEntropySum(torch.autograd.Function):

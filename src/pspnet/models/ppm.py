@@ -8,7 +8,7 @@ the half-open range [floor(i * L / b), ceil((i + 1) * L / b)). The rectangle ave
 
 The convolution after the module (PSPNet's 3x3 conv, 4096 -> 512 channels) need not see the concatenation
 (:meth:`PyramidPoolingModule.convolve`): its half on the upsampled branches is a linear map of b x b grids, so it is
-computed on the grids and upsampled after, by shifted interpolation matrices (:func:`_upsampling_matrices`).
+computed on the grids and upsampled after, by shifted interpolation matrices (:func:`upsampling_matrices`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .layers import PooledBranch
 
-__all__ = ["PyramidPoolingModule", "adaptive_avg_pool2d", "pool_pyramid"]
+__all__ = ["PyramidPoolingModule", "adaptive_avg_pool2d", "pool_pyramid", "upsampling_matrices"]
 
 
 def _averaging_matrix(length: int, bins: Sequence[int], like: Tensor) -> Tensor:
@@ -39,7 +39,7 @@ def _averaging_matrix(length: int, bins: Sequence[int], like: Tensor) -> Tensor:
     return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
-def _upsampling_matrices(
+def upsampling_matrices(
     length: int, bins: Sequence[int], offsets: range, *, align_corners: bool, like: Tensor
 ) -> Tensor:
     """(len(offsets), length, sum(bins)) tensor M of bilinear upsampling along one side, shifted by each of the
@@ -164,8 +164,8 @@ class PyramidPoolingModule(nn.Module):
         q = F.conv2d(grids, tap_maps)  # (N, k * k * O, B, B): every tap's 1x1 map, (u, v, O)
         q = q.reshape(-1, kernel, kernel, o, total, total).permute(0, 1, 3, 4, 2, 5)  # (N, u, O, y, v, x)
         offsets = range(-pad, pad + 1)
-        rows = _upsampling_matrices(height, self.bins, offsets, align_corners=self.align_corners, like=out)
-        columns = _upsampling_matrices(width, self.bins, offsets, align_corners=self.align_corners, like=out)
+        rows = upsampling_matrices(height, self.bins, offsets, align_corners=self.align_corners, like=out)
+        columns = upsampling_matrices(width, self.bins, offsets, align_corners=self.align_corners, like=out)
         columns = columns.permute(0, 2, 1).reshape(kernel * total, width)  # ((v, x), w)
         summed = torch.matmul(q.reshape(-1, kernel, o, total, kernel * total), columns)  # (N, u, O, y, w)
         summed = summed.permute(0, 2, 1, 3, 4).reshape(-1, o, kernel * total, width)  # (N, O, (u, y), w)
